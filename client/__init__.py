@@ -1,0 +1,1 @@
+"""Thin streaming client: frame sources, Triton streaming, forwarding to the tracker."""

@@ -1,0 +1,1 @@
+"""loopstream: live analysis of dislocation loops in in-situ TEM."""

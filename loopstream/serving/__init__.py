@@ -1,0 +1,1 @@
+"""Triton-side code: server supervision, tiling, pre/post-processing."""

@@ -1,0 +1,263 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelFamily(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_FAMILY_UNSPECIFIED: _ClassVar[ModelFamily]
+    MODEL_FAMILY_INSTANCE: _ClassVar[ModelFamily]
+    MODEL_FAMILY_SEMANTIC: _ClassVar[ModelFamily]
+MODEL_FAMILY_UNSPECIFIED: ModelFamily
+MODEL_FAMILY_INSTANCE: ModelFamily
+MODEL_FAMILY_SEMANTIC: ModelFamily
+
+class SessionSpec(_message.Message):
+    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family")
+    MICROSCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SIZE_NM_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    DOSE_RATE_IONS_CM2_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    microscope_id: str
+    sample: str
+    pixel_size_nm: float
+    frame_rate_hz: float
+    dose_rate_ions_cm2_s: float
+    model_family: ModelFamily
+    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_STORED_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    spec: SessionSpec
+    model_name: str
+    model_version: str
+    opened_at_unix_s: float
+    closed: bool
+    frames_stored: int
+    last_frame_index: int
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ...) -> None: ...
+
+class SessionRef(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("include_closed",)
+    INCLUDE_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    include_closed: bool
+    def __init__(self, include_closed: _Optional[bool] = ...) -> None: ...
+
+class ListSessionsReply(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[Session]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
+
+class BoundingBox(_message.Message):
+    __slots__ = ("x_px", "y_px", "width_px", "height_px")
+    X_PX_FIELD_NUMBER: _ClassVar[int]
+    Y_PX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_PX_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_PX_FIELD_NUMBER: _ClassVar[int]
+    x_px: float
+    y_px: float
+    width_px: float
+    height_px: float
+    def __init__(self, x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., width_px: _Optional[float] = ..., height_px: _Optional[float] = ...) -> None: ...
+
+class Loop(_message.Message):
+    __slots__ = ("score", "x_px", "y_px", "major_px", "minor_px", "angle_deg", "area_px", "bbox")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    X_PX_FIELD_NUMBER: _ClassVar[int]
+    Y_PX_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_PX_FIELD_NUMBER: _ClassVar[int]
+    MINOR_PX_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_DEG_FIELD_NUMBER: _ClassVar[int]
+    AREA_PX_FIELD_NUMBER: _ClassVar[int]
+    BBOX_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    x_px: float
+    y_px: float
+    major_px: float
+    minor_px: float
+    angle_deg: float
+    area_px: float
+    bbox: BoundingBox
+    def __init__(self, score: _Optional[float] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_px: _Optional[float] = ..., minor_px: _Optional[float] = ..., angle_deg: _Optional[float] = ..., area_px: _Optional[float] = ..., bbox: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
+
+class FrameDetections(_message.Message):
+    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_PX_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_PX_FIELD_NUMBER: _ClassVar[int]
+    LOOPS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    frame_index: int
+    timestamp_s: float
+    model_name: str
+    model_version: str
+    width_px: int
+    height_px: int
+    loops: _containers.RepeatedCompositeFieldContainer[Loop]
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("session_id", "frame_index", "accepted", "duplicate", "error")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    frame_index: int
+    accepted: bool
+    duplicate: bool
+    error: str
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class FrameStatistics(_message.Message):
+    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px")
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    FLUENCE_IONS_CM2_FIELD_NUMBER: _ClassVar[int]
+    LOOP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_PER_UM2_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MAJOR_NM_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MINOR_NM_FIELD_NUMBER: _ClassVar[int]
+    FOREGROUND_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_X_PX_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_Y_PX_FIELD_NUMBER: _ClassVar[int]
+    frame_index: int
+    timestamp_s: float
+    fluence_ions_cm2: float
+    loop_count: int
+    density_per_um2: float
+    mean_major_nm: float
+    mean_minor_nm: float
+    foreground_percent: float
+    drift_x_px: float
+    drift_y_px: float
+    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ...) -> None: ...
+
+class StatisticsRequest(_message.Message):
+    __slots__ = ("session_id", "from_frame", "to_frame")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_FRAME_FIELD_NUMBER: _ClassVar[int]
+    TO_FRAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    from_frame: int
+    to_frame: int
+    def __init__(self, session_id: _Optional[str] = ..., from_frame: _Optional[int] = ..., to_frame: _Optional[int] = ...) -> None: ...
+
+class SessionSummary(_message.Message):
+    __slots__ = ("frames", "mean_loop_count", "mean_density_per_um2", "mean_major_nm", "mean_minor_nm", "tracks")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOOP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DENSITY_PER_UM2_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MAJOR_NM_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MINOR_NM_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    frames: int
+    mean_loop_count: float
+    mean_density_per_um2: float
+    mean_major_nm: float
+    mean_minor_nm: float
+    tracks: int
+    def __init__(self, frames: _Optional[int] = ..., mean_loop_count: _Optional[float] = ..., mean_density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., tracks: _Optional[int] = ...) -> None: ...
+
+class StatisticsReply(_message.Message):
+    __slots__ = ("session_id", "frames", "summary")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    frames: _containers.RepeatedCompositeFieldContainer[FrameStatistics]
+    summary: SessionSummary
+    def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameStatistics, _Mapping]]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ...) -> None: ...
+
+class TrackPoint(_message.Message):
+    __slots__ = ("frame_index", "x_px", "y_px", "major_nm", "minor_nm")
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    X_PX_FIELD_NUMBER: _ClassVar[int]
+    Y_PX_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_NM_FIELD_NUMBER: _ClassVar[int]
+    MINOR_NM_FIELD_NUMBER: _ClassVar[int]
+    frame_index: int
+    x_px: float
+    y_px: float
+    major_nm: float
+    minor_nm: float
+    def __init__(self, frame_index: _Optional[int] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_nm: _Optional[float] = ..., minor_nm: _Optional[float] = ...) -> None: ...
+
+class Track(_message.Message):
+    __slots__ = ("track_id", "birth_frame", "death_frame", "points")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_FRAME_FIELD_NUMBER: _ClassVar[int]
+    DEATH_FRAME_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    birth_frame: int
+    death_frame: int
+    points: _containers.RepeatedCompositeFieldContainer[TrackPoint]
+    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ...) -> None: ...
+
+class TracksRequest(_message.Message):
+    __slots__ = ("session_id", "min_length")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    min_length: int
+    def __init__(self, session_id: _Optional[str] = ..., min_length: _Optional[int] = ...) -> None: ...
+
+class TracksReply(_message.Message):
+    __slots__ = ("session_id", "tracks")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    tracks: _containers.RepeatedCompositeFieldContainer[Track]
+    def __init__(self, session_id: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportedFile(_message.Message):
+    __slots__ = ("name", "media_type", "content")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    media_type: str
+    content: bytes
+    def __init__(self, name: _Optional[str] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class ExportReply(_message.Message):
+    __slots__ = ("session_id", "files")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    files: _containers.RepeatedCompositeFieldContainer[ExportedFile]
+    def __init__(self, session_id: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ExportedFile, _Mapping]]] = ...) -> None: ...

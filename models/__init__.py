@@ -1,0 +1,1 @@
+"""Segmentation models: architectures, training, export, Triton repository builder."""

@@ -1,0 +1,1 @@
+"""Tracker service: sessions, online linking, statistics, store, gRPC API."""
