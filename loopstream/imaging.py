@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -42,7 +43,7 @@ def tile_starts(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
         return [0]
     stride = tile_px - overlap_px
     n = int(np.ceil((length_px - tile_px) / stride)) + 1
-    return [int(round(i * (length_px - tile_px) / (n - 1))) for i in range(n)]
+    return [round(i * (length_px - tile_px) / (n - 1)) for i in range(n)]
 
 
 def tile_grid(shape: tuple[int, int], tile_px: int, overlap_px: int) -> list[Tile]:
@@ -89,7 +90,7 @@ def stitch(tile_maps: np.ndarray, tiles: list[Tile], shape: tuple[int, int]) -> 
 def _seams(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
     """The [begin, end) range each tile along one axis is responsible for."""
     bounds = [0]
-    for a, b in zip(starts, starts[1:]):
+    for a, b in itertools.pairwise(starts):
         bounds.append((b + a + size) // 2)  # middle of the overlap of tiles at a and b
     bounds.append(length)
-    return list(zip(bounds, bounds[1:]))
+    return list(itertools.pairwise(bounds))

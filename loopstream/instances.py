@@ -112,10 +112,11 @@ def detections_from_labels(labels: np.ndarray, score_map: np.ndarray | None = No
 def ellipse_of_contour(contour: np.ndarray) -> tuple[float, float, float, float, float]:
     """(x, y, major, minor, angle_deg) of a contour; full axes, angle of the major axis from +x.
 
-    ``cv2.fitEllipse`` needs 5 points; smaller regions get the ellipse of equal second moments.
+    ``cv2.fitEllipse`` needs 5 points: smaller regions get a circle spanning their extent.
     """
     if len(contour) >= 5:
         (x, y), (w, h), angle = cv2.fitEllipse(contour)
+        w, h = max(w, 1.0), max(h, 1.0)  # a one-pixel-wide region still has a width of one pixel
         if w >= h:
             return float(x), float(y), float(w), float(h), float(angle % 180.0)
         return float(x), float(y), float(h), float(w), float((angle + 90.0) % 180.0)

@@ -88,7 +88,9 @@ class SimulatedMicroscope:
         c, loops = self.config, self.loops
         sub = loops[(loops["birth"] <= index) & (loops["death"] > index)]
         dx, dy = self.stage_offset(index)
-        major = np.minimum(sub["major0"] + sub["growth"] * (index - sub["birth"]).clip(lower=0), c.max_major_px)
+        major = np.minimum(
+            sub["major0"] + sub["growth"] * (index - sub["birth"]).clip(lower=0), c.max_major_px
+        )
         out = pd.DataFrame(
             {
                 "frame": index,
@@ -179,7 +181,7 @@ def _background(c: SimulationConfig, margin: int, rng: np.random.Generator) -> n
     field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) * np.float32(10.0)
     field += np.float32(c.background_mean)
     lines = np.zeros((h, w), np.float32)
-    for _ in range(int(round(c.bend_contours * max(1.0, (h * w) / 1024.0**2)))):
+    for _ in range(round(c.bend_contours * max(1.0, (h * w) / 1024.0**2))):
         p0 = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
         ang = rng.uniform(0, np.pi)
         length = rng.uniform(0.5, 1.5) * max(h, w)

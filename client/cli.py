@@ -1,0 +1,112 @@
+"""``loopstream-client``: stream one microscope's frames through Triton into the tracker.
+
+Every flag has an environment variable (LOOPSTREAM_<FLAG>), so a facility can configure the
+client once per microscope PC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
+from loopstream.client.sources import DirectorySource, SimulatorSource, SourceError
+from loopstream.simulator import SimulationConfig
+from loopstream.v1 import tracker_pb2 as pb
+
+FAMILIES = {"instance": pb.MODEL_FAMILY_INSTANCE, "semantic": pb.MODEL_FAMILY_SEMANTIC, "auto": 0}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"LOOPSTREAM_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loopstream-client", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--triton", default=_env("TRITON_URL", "127.0.0.1:8001"), help="Triton gRPC host:port"
+    )
+    parser.add_argument("--tracker", default=_env("TRACKER_URL", "127.0.0.1:50061"), help="tracker host:port")
+    parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="tracker bearer token")
+    parser.add_argument("--max-in-flight", type=int, default=int(_env("MAX_IN_FLIGHT", "8")))
+    parser.add_argument("--microscope-id", default=_env("MICROSCOPE_ID", "microscope-1"))
+    parser.add_argument("--sample", default=_env("SAMPLE", ""))
+    parser.add_argument("--dose-rate", type=float, default=float(_env("DOSE_RATE", "0")), help="ions/cm^2/s")
+    parser.add_argument("--family", choices=FAMILIES, default=_env("MODEL_FAMILY", "auto"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    sources = parser.add_subparsers(dest="source", required=True)
+    sim = sources.add_parser("simulate", help="a simulated in-situ experiment")
+    sim.add_argument("--frames", type=int, default=100)
+    sim.add_argument("--size", type=int, default=512, help="frame side in px")
+    sim.add_argument("--dtype", choices=["uint8", "uint16"], default="uint16")
+    sim.add_argument("--fps", type=float, default=0.0, help="replay rate; 0 = as fast as analysed")
+    sim.add_argument("--seed", type=int, default=0)
+    folder = sources.add_parser("directory", help="PNG/TIFF images or TIFF stacks in a folder")
+    folder.add_argument("path", type=Path)
+    folder.add_argument("--pixel-size-nm", type=float, required=True)
+    folder.add_argument("--frame-interval-s", type=float, default=1.0)
+    folder.add_argument("--on-error", choices=["stop", "skip"], default="stop", help="on an unreadable file")
+    return parser
+
+
+def make_source(args: argparse.Namespace) -> tuple[SimulatorSource | DirectorySource, float, float]:
+    """The source, its pixel size (nm) and its frame rate (Hz)."""
+    if args.source == "simulate":
+        config = SimulationConfig(shape=(args.size, args.size), dtype=args.dtype, n_frames=args.frames)
+        return SimulatorSource(config, args.seed, fps=args.fps), config.pixel_size_nm, config.frame_rate_hz
+    source = DirectorySource(args.path, args.frame_interval_s, args.on_error)
+    return source, args.pixel_size_nm, 1.0 / args.frame_interval_s
+
+
+def stream(session: MicroscopeSession, source, progress: bool = True) -> SessionReport:
+    """Submit every frame of ``source``, showing frames/s, loops per frame and frames not yet stored."""
+    report = session.report
+    with tqdm(total=len(source), unit="frame", disable=not progress, file=sys.stderr) as bar:
+        for frame in source:
+            session.submit(frame)
+            bar.update(1)
+            bar.set_postfix(
+                fps=f"{report.frames_analysed / max(bar.format_dict['elapsed'], 1e-9):.1f}",
+                loops=f"{report.loops_per_frame:.1f}",
+                lag=report.frames_submitted - report.frames_stored - len(report.failed),
+                failed=len(report.failed),
+                refresh=False,
+            )
+        return session.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        source, pixel_size_nm, frame_rate_hz = make_source(args)
+    except SourceError as exc:
+        print(f"loopstream-client: {exc}", file=sys.stderr)
+        return 2
+    spec = pb.SessionSpec(
+        microscope_id=args.microscope_id,
+        sample=args.sample,
+        pixel_size_nm=pixel_size_nm,
+        frame_rate_hz=frame_rate_hz,
+        dose_rate_ions_cm2_s=args.dose_rate,
+        model_family=FAMILIES[args.family],
+    )
+    endpoints = Endpoints(args.triton, args.tracker, args.token, args.max_in_flight)
+    try:
+        report = stream(MicroscopeSession(endpoints, spec), source, progress=not args.no_progress)
+    except (ConnectionError, PermissionError, SourceError) as exc:
+        print(f"loopstream-client: {exc}", file=sys.stderr)
+        return 1
+    for message in report.failed:
+        print(f"failed: {message}", file=sys.stderr)
+    print(report.summary())
+    return 0 if not report.failed else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Frames to Triton over one gRPC stream, with backpressure and nothing lost.
+
+At most ``max_in_flight`` frames are unanswered at a time: ``submit`` blocks beyond that, which
+is the backpressure a camera loop feels. Triton answers a stream in request order, so every
+answer (result or per-frame error) settles the oldest unanswered frame. If the stream itself
+breaks (Triton restarted, network gone), the stream is reopened once the server is live again and
+every unanswered frame is sent again, so each frame ends up answered exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from loopstream.client.sources import Frame
+
+log = logging.getLogger(__name__)
+
+INPUT_OF_DTYPE = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT16")}
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    frame: Frame
+    detections: np.ndarray | None  # [loops, 11] in loopstream.instances.DETECTION_COLUMNS order
+    error: str | None
+    latency_s: float
+    attempts: int  # 1 unless the frame was sent again after a broken stream
+
+
+class InferenceStream:
+    """A bounded window of frames in flight on one Triton gRPC stream."""
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        on_result: Callable[[FrameResult], None],
+        model_version: str = "",
+        max_in_flight: int = 8,
+        reconnect_timeout_s: float = 120.0,
+        session_id: str = "",
+    ) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.model_version = model_version
+        self.on_result = on_result
+        self.max_in_flight = max_in_flight
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.session_id = session_id
+        self.reconnects = 0
+        self._client = triton.InferenceServerClient(url)
+        self._pending: OrderedDict[int, tuple[Frame, float, int]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._broken: str | None = None
+        self._client.start_stream(callback=self._on_response)
+
+    def submit(self, frame: Frame) -> None:
+        """Send one frame; blocks while ``max_in_flight`` frames are unanswered."""
+        if frame.image.dtype.name not in INPUT_OF_DTYPE or frame.image.ndim not in (2, 3):
+            self.on_result(FrameResult(frame, None, _bad_frame_message(frame), 0.0, 0))
+            return
+        with self._cond:
+            while len(self._pending) >= self.max_in_flight or self._broken:
+                if self._broken:
+                    self._reconnect_locked()
+                    continue
+                self._cond.wait(0.5)
+            self._pending[frame.index] = (frame, time.monotonic(), 1)
+            self._send(frame)
+
+    def drain(self) -> None:
+        """Wait until every submitted frame is answered (reconnecting as often as needed)."""
+        with self._cond:
+            while self._pending:
+                if self._broken:
+                    self._reconnect_locked()
+                    continue
+                self._cond.wait(0.5)
+
+    def close(self) -> None:
+        """Drain, then close the stream: an open stream would block Triton's shutdown."""
+        try:
+            self.drain()
+        finally:
+            self._client.stop_stream()
+            self._client.close()
+
+    def _send(self, frame: Frame) -> None:
+        name, datatype = INPUT_OF_DTYPE[frame.image.dtype.name]
+        tensor = triton.InferInput(name, list(frame.image.shape), datatype)
+        tensor.set_data_from_numpy(np.ascontiguousarray(frame.image))
+        self._client.async_stream_infer(
+            self.model_name,
+            [tensor],
+            model_version=self.model_version,
+            request_id=str(frame.index),
+            parameters={"session_id": self.session_id, "frame_index": frame.index},
+        )
+
+    def _on_response(self, result: triton.InferResult | None, error: InferenceServerException | None) -> None:
+        with self._cond:
+            if error is not None and error.status() is not None:
+                # A gRPC status on the stream means the stream itself is gone, not one frame.
+                log.warning("Triton stream broke (%s); will reconnect and resend", error.status())
+                self._broken = str(error)
+                self._cond.notify_all()
+                return
+            if not self._pending:
+                log.error("answer from Triton with no frame waiting for it; ignored")
+                return
+            index, (frame, sent, attempts) = self._pending.popitem(last=False)
+            if result is not None and result.get_response().id not in ("", str(index)):
+                log.error("Triton answered frame %s out of order", result.get_response().id)
+            self._cond.notify_all()
+        detections = None if result is None else result.as_numpy("DETECTIONS")
+        message = (
+            None if error is None else f"Triton rejected frame {index} ({frame.origin}): {error.message()}"
+        )
+        self.on_result(FrameResult(frame, detections, message, time.monotonic() - sent, attempts))
+
+    def _reconnect_locked(self) -> None:
+        """Reopen the stream once Triton is live, and send every unanswered frame again."""
+        self._cond.release()
+        try:
+            self._client.stop_stream()
+            self._client.close()
+            deadline = time.monotonic() + self.reconnect_timeout_s
+            while True:
+                client = triton.InferenceServerClient(self.url)
+                try:
+                    if client.is_model_ready(self.model_name, self.model_version):
+                        break
+                except InferenceServerException:
+                    pass
+                client.close()
+                if time.monotonic() > deadline:
+                    raise ConnectionError(
+                        f"Triton at {self.url} did not come back within {self.reconnect_timeout_s:.0f} s; "
+                        f"{len(self._pending)} frames are unanswered; check the server and run again"
+                    )
+                time.sleep(0.5)
+        finally:
+            self._cond.acquire()
+        self._client = client
+        self._broken = None
+        self.reconnects += 1
+        self._client.start_stream(callback=self._on_response)
+        log.info("reconnected to Triton; resending %d unanswered frames", len(self._pending))
+        for index, (frame, _, attempts) in list(self._pending.items()):
+            self._pending[index] = (frame, time.monotonic(), attempts + 1)
+            self._send(frame)
+
+
+def _bad_frame_message(frame: Frame) -> str:
+    return (
+        f"frame {frame.index} ({frame.origin}) has dtype {frame.image.dtype.name} "
+        f"and shape {frame.image.shape}; "
+        "the pipeline takes 2-D uint8 or uint16 images: convert the source's frames"
+    )

@@ -1,0 +1,162 @@
+"""The client's Python API: one microscope session from frames to stored detections.
+
+Facility software embeds this: open a session at the tracker (which says which model version
+the session uses), submit frames as the camera produces them, and close to get a report of what
+happened to every frame. Frames go to Triton, their detections to the tracker; nothing here
+knows about models.
+
+Example (with services running)::
+
+    with MicroscopeSession(Endpoints("127.0.0.1:8001", "127.0.0.1:50061"), spec) as session:
+        for frame in SimulatorSource(SimulationConfig(), n_frames=100):
+            session.submit(frame)
+    print(session.report)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from loopstream.client.inference import FrameResult, InferenceStream
+from loopstream.client.sources import Frame
+from loopstream.client.tracker_link import DetectionStream, auth_metadata, loops_message, open_channel
+from loopstream.v1 import tracker_pb2 as pb
+from loopstream.v1 import tracker_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    triton: str  # host:port of Triton's gRPC endpoint
+    tracker: str  # host:port of the tracker
+    token: str | None = None  # bearer token of the tracker
+    max_in_flight: int = 8
+    reconnect_timeout_s: float = 120.0
+
+
+@dataclass
+class SessionReport:
+    session_id: str = ""
+    model: str = ""
+    frames_submitted: int = 0
+    frames_analysed: int = 0
+    frames_stored: int = 0
+    failed: list[str] = field(default_factory=list)  # one message per frame that was not analysed/stored
+    resent_duplicates: int = 0
+    loops: int = 0
+    triton_reconnects: int = 0
+    tracker_reconnects: int = 0
+    elapsed_s: float = 0.0
+    latency_s: list[float] = field(default_factory=list)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_analysed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def loops_per_frame(self) -> float:
+        return self.loops / self.frames_analysed if self.frames_analysed else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"session {self.session_id} ({self.model}): {self.frames_submitted} frames submitted, "
+            f"{self.frames_analysed} analysed, {self.frames_stored} stored, {len(self.failed)} failed; "
+            f"{self.loops_per_frame:.1f} loops/frame; {self.frames_per_s:.1f} frames/s; "
+            f"reconnects: Triton {self.triton_reconnects}, tracker {self.tracker_reconnects}"
+        )
+
+
+class MicroscopeSession:
+    """One open tracker session streaming through one Triton stream and one tracker stream."""
+
+    def __init__(self, endpoints: Endpoints, spec: pb.SessionSpec) -> None:
+        self.endpoints = endpoints
+        self.report = SessionReport()
+        self._lock = threading.Lock()
+        self._frame_shapes: dict[int, tuple[int, int]] = {}
+        channel = open_channel(endpoints.tracker)
+        try:
+            self.session = pb_grpc.TrackerStub(channel).OpenSession(
+                spec, metadata=auth_metadata(endpoints.token), timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise ConnectionError(
+                f"the tracker at {endpoints.tracker} refused the session: {exc.details()}"
+            ) from exc
+        finally:
+            channel.close()
+        self.report.session_id = self.session.session_id
+        self.report.model = f"{self.session.model_name}:{self.session.model_version or 'latest'}"
+        self._tracker = DetectionStream(
+            endpoints.tracker, endpoints.token, self._on_ack, endpoints.reconnect_timeout_s
+        )
+        self._triton = InferenceStream(
+            endpoints.triton,
+            self.session.model_name,
+            self._on_result,
+            model_version=self.session.model_version,
+            max_in_flight=endpoints.max_in_flight,
+            reconnect_timeout_s=endpoints.reconnect_timeout_s,
+            session_id=self.session.session_id,
+        )
+        self._started = time.monotonic()
+
+    def submit(self, frame: Frame) -> None:
+        """Queue one frame for analysis; blocks while the in-flight window is full."""
+        with self._lock:
+            self.report.frames_submitted += 1
+        self._triton.submit(frame)
+
+    def close(self) -> SessionReport:
+        """Wait for every frame to be analysed and stored, then close the streams (not the session)."""
+        try:
+            self._triton.close()
+        finally:
+            self._tracker.close()
+        self.report.elapsed_s = time.monotonic() - self._started
+        self.report.triton_reconnects = self._triton.reconnects
+        self.report.tracker_reconnects = self._tracker.reconnects
+        return self.report
+
+    def _on_result(self, result: FrameResult) -> None:
+        if result.error is not None:
+            with self._lock:
+                self.report.failed.append(result.error)
+            return
+        frame = result.frame
+        detections = result.detections
+        with self._lock:
+            self.report.frames_analysed += 1
+            self.report.loops += len(detections)
+            self.report.latency_s.append(result.latency_s)
+        h, w = frame.image.shape[-2:]
+        self._tracker.send(
+            pb.FrameDetections(
+                session_id=self.session.session_id,
+                frame_index=frame.index,
+                timestamp_s=frame.timestamp_s,
+                model_name=self.session.model_name,
+                model_version=self.session.model_version,
+                width_px=w,
+                height_px=h,
+                loops=loops_message(detections),
+            )
+        )
+
+    def _on_ack(self, ack: pb.Ack) -> None:
+        with self._lock:
+            if ack.accepted:
+                # A duplicate was stored before a reconnect lost its first acknowledgement.
+                self.report.frames_stored += 1
+                self.report.resent_duplicates += int(ack.duplicate)
+            else:
+                self.report.failed.append(f"tracker rejected frame {ack.frame_index}: {ack.error}")
+
+    def __enter__(self) -> MicroscopeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,118 @@
+"""Run the local (CPU) Triton Inference Server from the ``nvidia-pytriton`` wheel.
+
+That wheel bundles ``tritonserver`` with the Python backend only; models that need ONNX Runtime
+run it inside Python-backend models. Three facts of this build shape the code (DESIGN.md, 3):
+the backend stub must sit in the backend directory, it runs the first ``python3`` on PATH (so our
+interpreter's bin goes first), and it links ``libpython3.X.so`` (so the interpreter's LIBDIR goes
+on LD_LIBRARY_PATH for machines without a system copy).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loopstream.processes import ServiceProcess, free_port
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    grpc: int
+    http: int
+    metrics: int
+
+    @classmethod
+    def ephemeral(cls) -> TritonPorts:
+        return cls(free_port(), free_port(), free_port())
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    repository: Path = REPOSITORY
+    host: str = "127.0.0.1"
+    ports: TritonPorts = field(default_factory=lambda: TritonPorts(8001, 8000, 8002))
+    model_control: str = "none"  # "explicit" loads only --load-model names and allows load/unload
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+
+
+def pytriton_root() -> Path:
+    """Where the ``nvidia-pytriton`` wheel keeps its ``tritonserver`` build."""
+    try:
+        import pytriton
+    except ImportError as exc:  # the local flavour needs the wheel; say how to get it
+        raise RuntimeError(
+            "tritonserver not found: install the serving extra (scripts/bootstrap serve)"
+        ) from exc
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def backend_directory(cache_dir: Path) -> Path:
+    """A backend directory whose ``python`` backend holds the stub for this interpreter.
+
+    Built once in ``cache_dir`` from symbolic links into the wheel, so the installed wheel stays
+    untouched and the stub still finds its bundled libraries (its RPATH is relative to the real file).
+    """
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"the nvidia-pytriton wheel has no Python-backend stub for Python {version}")
+    python_dir = cache_dir.resolve() / "backends" / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in [*(root / "backends" / "python").glob("*.*"), stub]:
+        target = python_dir / source.name
+        if source.is_file():
+            target.unlink(missing_ok=True)  # the wheel may have moved since the last run
+            target.symlink_to(source)
+    return python_dir.parent
+
+
+def server_environment() -> dict[str, str]:
+    """Environment for tritonserver: our interpreter first on PATH, its libpython findable."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [libdir, env.get("LD_LIBRARY_PATH", "")] if p)
+    return env
+
+
+def server_argv(options: TritonOptions, backends: Path) -> list[str]:
+    argv = [
+        str(pytriton_root() / "bin" / "tritonserver"),
+        f"--model-repository={options.repository}",
+        f"--backend-directory={backends}",
+        f"--grpc-address={options.host}",
+        f"--http-address={options.host}",
+        f"--metrics-address={options.host}",
+        f"--grpc-port={options.ports.grpc}",
+        f"--http-port={options.ports.http}",
+        f"--metrics-port={options.ports.metrics}",
+        "--disable-auto-complete-config",
+        f"--model-control-mode={options.model_control}",
+        f"--log-verbose={options.log_verbose}",
+    ]
+    argv += [f"--load-model={name}" for name in options.load_models]
+    return argv
+
+
+def start_triton(
+    options: TritonOptions, cache_dir: Path, log_path: Path | None = None, timeout_s: float = 120.0
+) -> ServiceProcess:
+    """Start tritonserver and return once every model it was asked to load is ready."""
+    process = ServiceProcess(
+        "tritonserver",
+        server_argv(options, backend_directory(cache_dir)),
+        env=server_environment(),
+        log_path=log_path,
+    ).start()
+    url = f"http://{options.host}:{options.ports.http}/v2/health/ready"
+    process.wait_ready(lambda: urllib.request.urlopen(url, timeout=1).status == 200, timeout_s)
+    return process

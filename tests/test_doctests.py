@@ -1,0 +1,21 @@
+"""The examples in docstrings run and hold."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "loopstream.imaging",
+    "loopstream.instances",
+    "loopstream.simulator",
+    "loopstream.serving.semantic",
+    "loopstream.client.sources",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0

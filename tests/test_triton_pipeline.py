@@ -1,0 +1,97 @@
+"""The semantic pipeline served by a real tritonserver: same loops as in-process, errors, batching."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.semantic import SemanticPipelineConfig, analyse_frame
+from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.stack import LocalStack
+from tests.conftest import CORE_MODEL
+
+PIPELINE = "loops_semantic"
+
+
+INPUTS = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT16")}
+
+
+def _infer(client: triton.InferenceServerClient, frame: np.ndarray) -> np.ndarray:
+    name, datatype = INPUTS[frame.dtype.name]
+    tensor = triton.InferInput(name, frame.shape, datatype)
+    tensor.set_data_from_numpy(frame)
+    return client.infer(PIPELINE, [tensor]).as_numpy("DETECTIONS")
+
+
+@pytest.fixture(scope="module")
+def client(stack: LocalStack):
+    with triton.InferenceServerClient(stack.triton_url) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("size", "dtype"), [(512, "uint16"), (1000, "uint8")])
+def test_served_pipeline_finds_the_same_loops_as_in_process(client, size: int, dtype: str) -> None:
+    frame = SimulatedMicroscope(SimulationConfig(shape=(size, size), dtype=dtype), seed=size).render(3)
+    served = _infer(client, frame)
+    local = analyse_frame(frame, OnnxModel(CORE_MODEL), SemanticPipelineConfig()).to_numpy(np.float32)
+    assert len(served) > 0
+    assert served.shape == local.shape
+    np.testing.assert_allclose(served[:, 1:3], local[:, 1:3], atol=0.05)  # centres, px
+
+
+@pytest.mark.parametrize(
+    ("frame", "input_name", "datatype", "message"),
+    [
+        (np.zeros((4, 64, 64), np.uint16), "FRAME_U16", "UINT16", "unexpected shape"),
+        (np.zeros((64, 64), np.float32), "FRAME_U16", "FP32", "expects 'UINT16'"),
+        (np.zeros((8, 8), np.uint16), "FRAME_U16", "UINT16", "between 32 and 4096 px"),
+        (np.zeros((4100, 40), np.uint8), "FRAME_U8", "UINT8", "between 32 and 4096 px"),
+    ],
+)
+def test_bad_frames_are_invalid_arguments_and_the_server_keeps_serving(
+    client, frame: np.ndarray, input_name: str, datatype: str, message: str
+) -> None:
+    tensor = triton.InferInput(input_name, frame.shape, datatype)
+    tensor.set_data_from_numpy(frame)
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(PIPELINE, [tensor])
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert message in error.value.message()
+    good = SimulatedMicroscope(SimulationConfig(shape=(256, 256)), seed=1).render(0)
+    assert _infer(client, good).shape[1] == 11
+
+
+def test_a_request_without_a_frame_is_rejected(client) -> None:
+    with pytest.raises(InferenceServerException, match="exactly one of the inputs"):
+        client.infer(PIPELINE, [])
+
+
+def test_concurrent_microscopes_share_core_model_batches(stack: LocalStack, client) -> None:
+    before = client.get_inference_statistics("loops_semantic_core").model_stats[0]
+    frames = [SimulatedMicroscope(SimulationConfig(shape=(256, 256)), seed=s).render(0) for s in range(4)]
+    errors: list[Exception] = []
+
+    def microscope(frame: np.ndarray) -> None:
+        with triton.InferenceServerClient(stack.triton_url) as own:
+            for _ in range(4):
+                try:
+                    _infer(own, frame)
+                except Exception as exc:  # collected: a thread's exception would be lost
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=microscope, args=(f,)) for f in frames]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    after = client.get_inference_statistics("loops_semantic_core").model_stats[0]
+    inferences = after.inference_count - before.inference_count
+    executions = after.execution_count - before.execution_count
+    assert inferences == 16
+    assert executions < inferences, "dynamic batching should merge tiles of different microscopes"
