@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from loopstream.client.backpressure import Policy
 from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
 from loopstream.client.sources import DirectorySource, SimulatorSource, SourceError
 from loopstream.simulator import SimulationConfig
@@ -38,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", default=_env("SAMPLE", ""))
     parser.add_argument("--dose-rate", type=float, default=float(_env("DOSE_RATE", "0")), help="ions/cm^2/s")
     parser.add_argument("--family", choices=FAMILIES, default=_env("MODEL_FAMILY", "auto"))
+    parser.add_argument(
+        "--policy",
+        choices=[p.value for p in Policy],
+        default=_env("POLICY", "block"),
+        help="when analysis falls behind: wait, drop the oldest buffered frame, or decimate",
+    )
+    parser.add_argument("--buffer-frames", type=int, default=int(_env("BUFFER_FRAMES", "16")))
+    parser.add_argument("--target-fps", type=float, default=None, help="decimate: frames/s to analyse")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     sources = parser.add_subparsers(dest="source", required=True)
     sim = sources.add_parser("simulate", help="a simulated in-situ experiment")
@@ -73,7 +82,7 @@ def stream(session: MicroscopeSession, source, progress: bool = True) -> Session
             bar.set_postfix(
                 fps=f"{report.frames_analysed / max(bar.format_dict['elapsed'], 1e-9):.1f}",
                 loops=f"{report.loops_per_frame:.1f}",
-                lag=report.frames_submitted - report.frames_stored - len(report.failed),
+                lag=session.lag_frames,
                 failed=len(report.failed),
                 refresh=False,
             )
@@ -96,7 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         dose_rate_ions_cm2_s=args.dose_rate,
         model_family=FAMILIES[args.family],
     )
-    endpoints = Endpoints(args.triton, args.tracker, args.token, args.max_in_flight)
+    endpoints = Endpoints(
+        args.triton,
+        args.tracker,
+        args.token,
+        args.max_in_flight,
+        policy=Policy(args.policy),
+        buffer_frames=args.buffer_frames,
+        target_fps=args.target_fps,
+    )
     try:
         report = stream(MicroscopeSession(endpoints, spec), source, progress=not args.no_progress)
     except (ConnectionError, PermissionError, SourceError) as exc:

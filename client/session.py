@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from loopstream.client.backpressure import FrameGate, Policy
 from loopstream.client.inference import FrameResult, InferenceStream
 from loopstream.client.sources import Frame
 from loopstream.client.tracker_link import DetectionStream, auth_metadata, loops_message, open_channel
@@ -35,6 +36,9 @@ class Endpoints:
     token: str | None = None  # bearer token of the tracker
     max_in_flight: int = 8
     reconnect_timeout_s: float = 120.0
+    policy: Policy = Policy.BLOCK  # when analysis falls behind the camera
+    buffer_frames: int = 16  # drop-oldest: frames waiting beyond the in-flight window
+    target_fps: float | None = None  # decimate: frames/s of acquisition time to analyse
 
 
 @dataclass
@@ -45,6 +49,7 @@ class SessionReport:
     frames_analysed: int = 0
     frames_stored: int = 0
     failed: list[str] = field(default_factory=list)  # one message per frame that was not analysed/stored
+    skipped: list[int] = field(default_factory=list)  # frames the backpressure policy left out
     resent_duplicates: int = 0
     loops: int = 0
     triton_reconnects: int = 0
@@ -63,7 +68,8 @@ class SessionReport:
     def summary(self) -> str:
         return (
             f"session {self.session_id} ({self.model}): {self.frames_submitted} frames submitted, "
-            f"{self.frames_analysed} analysed, {self.frames_stored} stored, {len(self.failed)} failed; "
+            f"{self.frames_analysed} analysed, {self.frames_stored} stored, {len(self.failed)} failed, "
+            f"{len(self.skipped)} skipped by the backpressure policy; "
             f"{self.loops_per_frame:.1f} loops/frame; {self.frames_per_s:.1f} frames/s; "
             f"reconnects: Triton {self.triton_reconnects}, tracker {self.tracker_reconnects}"
         )
@@ -102,20 +108,31 @@ class MicroscopeSession:
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
             session_id=self.session.session_id,
         )
+        self._gate = FrameGate(
+            self._triton.submit, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps
+        )
         self._started = time.monotonic()
 
     def submit(self, frame: Frame) -> None:
-        """Queue one frame for analysis; blocks while the in-flight window is full."""
+        """Hand one frame over for analysis; with the block policy, waits while the window is full."""
         with self._lock:
             self.report.frames_submitted += 1
-        self._triton.submit(frame)
+        self._gate.offer(frame)
+
+    @property
+    def lag_frames(self) -> int:
+        """Frames handed over but not yet stored, failed or skipped: how far analysis trails the camera."""
+        r = self.report
+        return r.frames_submitted - r.frames_stored - len(r.failed) - len(self._gate.skipped)
 
     def close(self) -> SessionReport:
         """Wait for every frame to be analysed and stored, then close the streams (not the session)."""
         try:
+            self._gate.close()
             self._triton.close()
         finally:
             self._tracker.close()
+        self.report.skipped = list(self._gate.skipped)
         self.report.elapsed_s = time.monotonic() - self._started
         self.report.triton_reconnects = self._triton.reconnects
         self.report.tracker_reconnects = self._tracker.reconnects

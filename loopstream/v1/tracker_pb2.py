@@ -24,55 +24,57 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bloopstream/v1/tracker.proto\x12\rloopstream.v1\"\xb2\x01\n\x0bSessionSpec\x12\x15\n\rmicroscope_id\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\t\x12\x15\n\rpixel_size_nm\x18\x03 \x01(\x01\x12\x15\n\rframe_rate_hz\x18\x04 \x01(\x01\x12\x1c\n\x14\x64ose_rate_ions_cm2_s\x18\x05 \x01(\x01\x12\x30\n\x0cmodel_family\x18\x06 \x01(\x0e\x32\x1a.loopstream.v1.ModelFamily\"\xcd\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.loopstream.v1.SessionSpec\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x18\n\x10opened_at_unix_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x15\n\rframes_stored\x18\x07 \x01(\x03\x12\x18\n\x10last_frame_index\x18\x08 \x01(\x03\" \n\nSessionRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x13ListSessionsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"=\n\x11ListSessionsReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.loopstream.v1.Session\"N\n\x0b\x42oundingBox\x12\x0c\n\x04x_px\x18\x01 \x01(\x02\x12\x0c\n\x04y_px\x18\x02 \x01(\x02\x12\x10\n\x08width_px\x18\x03 \x01(\x02\x12\x11\n\theight_px\x18\x04 \x01(\x02\"\xa3\x01\n\x04Loop\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_px\x18\x04 \x01(\x02\x12\x10\n\x08minor_px\x18\x05 \x01(\x02\x12\x11\n\tangle_deg\x18\x06 \x01(\x02\x12\x0f\n\x07\x61rea_px\x18\x07 \x01(\x02\x12(\n\x04\x62\x62ox\x18\x08 \x01(\x0b\x32\x1a.loopstream.v1.BoundingBox\"\xc3\x01\n\x0f\x46rameDetections\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x03 \x01(\x01\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08width_px\x18\x06 \x01(\x05\x12\x11\n\theight_px\x18\x07 \x01(\x05\x12\"\n\x05loops\x18\x08 \x03(\x0b\x32\x13.loopstream.v1.Loop\"b\n\x03\x41\x63k\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xf4\x01\n\x0f\x46rameStatistics\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x02 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x03 \x01(\x01\x12\x12\n\nloop_count\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65nsity_per_um2\x18\x05 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x06 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x07 \x01(\x01\x12\x1a\n\x12\x66oreground_percent\x18\x08 \x01(\x01\x12\x12\n\ndrift_x_px\x18\t \x01(\x01\x12\x12\n\ndrift_y_px\x18\n \x01(\x01\"M\n\x11StatisticsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\x12\x10\n\x08to_frame\x18\x03 \x01(\x03\"\x95\x01\n\x0eSessionSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\x17\n\x0fmean_loop_count\x18\x02 \x01(\x01\x12\x1c\n\x14mean_density_per_um2\x18\x03 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x04 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x05 \x01(\x01\x12\x0e\n\x06tracks\x18\x06 \x01(\x03\"\x85\x01\n\x0fStatisticsReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x1e.loopstream.v1.FrameStatistics\x12.\n\x07summary\x18\x03 \x01(\x0b\x32\x1d.loopstream.v1.SessionSummary\"a\n\nTrackPoint\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_nm\x18\x04 \x01(\x02\x12\x10\n\x08minor_nm\x18\x05 \x01(\x02\"n\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x62irth_frame\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61th_frame\x18\x03 \x01(\x03\x12)\n\x06points\x18\x04 \x03(\x0b\x32\x19.loopstream.v1.TrackPoint\"7\n\rTracksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmin_length\x18\x02 \x01(\x05\"G\n\x0bTracksReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x06tracks\x18\x02 \x03(\x0b\x32\x14.loopstream.v1.Track\"#\n\rExportRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"A\n\x0c\x45xportedFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"M\n\x0b\x45xportReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1b.loopstream.v1.ExportedFile*a\n\x0bModelFamily\x12\x1c\n\x18MODEL_FAMILY_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_FAMILY_INSTANCE\x10\x01\x12\x19\n\x15MODEL_FAMILY_SEMANTIC\x10\x02\x32\xd7\x04\n\x07Tracker\x12\x41\n\x0bOpenSession\x12\x1a.loopstream.v1.SessionSpec\x1a\x16.loopstream.v1.Session\x12\x41\n\x0c\x43loseSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12?\n\nGetSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12T\n\x0cListSessions\x12\".loopstream.v1.ListSessionsRequest\x1a .loopstream.v1.ListSessionsReply\x12J\n\x10StreamDetections\x12\x1e.loopstream.v1.FrameDetections\x1a\x12.loopstream.v1.Ack(\x01\x30\x01\x12Q\n\rGetStatistics\x12 .loopstream.v1.StatisticsRequest\x1a\x1e.loopstream.v1.StatisticsReply\x12\x45\n\tGetTracks\x12\x1c.loopstream.v1.TracksRequest\x1a\x1a.loopstream.v1.TracksReply\x12I\n\rExportSession\x12\x1c.loopstream.v1.ExportRequest\x1a\x1a.loopstream.v1.ExportReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bloopstream/v1/tracker.proto\x12\rloopstream.v1\"\xe2\x01\n\x0bSessionSpec\x12\x15\n\rmicroscope_id\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\t\x12\x15\n\rpixel_size_nm\x18\x03 \x01(\x01\x12\x15\n\rframe_rate_hz\x18\x04 \x01(\x01\x12\x1c\n\x14\x64ose_rate_ions_cm2_s\x18\x05 \x01(\x01\x12\x30\n\x0cmodel_family\x18\x06 \x01(\x0e\x32\x1a.loopstream.v1.ModelFamily\x12\x17\n\x0fsearch_range_nm\x18\x07 \x01(\x01\x12\x15\n\rmemory_frames\x18\x08 \x01(\x05\"\xfd\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.loopstream.v1.SessionSpec\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x18\n\x10opened_at_unix_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x15\n\rframes_stored\x18\x07 \x01(\x03\x12\x18\n\x10last_frame_index\x18\x08 \x01(\x03\x12\x17\n\x0fsearch_range_nm\x18\t \x01(\x01\x12\x15\n\rmemory_frames\x18\n \x01(\x05\" \n\nSessionRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x13ListSessionsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"=\n\x11ListSessionsReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.loopstream.v1.Session\"N\n\x0b\x42oundingBox\x12\x0c\n\x04x_px\x18\x01 \x01(\x02\x12\x0c\n\x04y_px\x18\x02 \x01(\x02\x12\x10\n\x08width_px\x18\x03 \x01(\x02\x12\x11\n\theight_px\x18\x04 \x01(\x02\"\xa3\x01\n\x04Loop\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_px\x18\x04 \x01(\x02\x12\x10\n\x08minor_px\x18\x05 \x01(\x02\x12\x11\n\tangle_deg\x18\x06 \x01(\x02\x12\x0f\n\x07\x61rea_px\x18\x07 \x01(\x02\x12(\n\x04\x62\x62ox\x18\x08 \x01(\x0b\x32\x1a.loopstream.v1.BoundingBox\"\xc3\x01\n\x0f\x46rameDetections\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x03 \x01(\x01\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08width_px\x18\x06 \x01(\x05\x12\x11\n\theight_px\x18\x07 \x01(\x05\x12\"\n\x05loops\x18\x08 \x03(\x0b\x32\x13.loopstream.v1.Loop\"b\n\x03\x41\x63k\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xb2\x02\n\x0f\x46rameStatistics\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x02 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x03 \x01(\x01\x12\x12\n\nloop_count\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65nsity_per_um2\x18\x05 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x06 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x07 \x01(\x01\x12\x1a\n\x12\x66oreground_percent\x18\x08 \x01(\x01\x12\x12\n\ndrift_x_px\x18\t \x01(\x01\x12\x12\n\ndrift_y_px\x18\n \x01(\x01\x12\x12\n\ndrift_x_nm\x18\x0b \x01(\x01\x12\x12\n\ndrift_y_nm\x18\x0c \x01(\x01\x12\x14\n\x0clinked_count\x18\r \x01(\x05\"M\n\x11StatisticsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\x12\x10\n\x08to_frame\x18\x03 \x01(\x03\"\x9a\x03\n\x0eSessionSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\x17\n\x0fmean_loop_count\x18\x02 \x01(\x01\x12\x1c\n\x14mean_density_per_um2\x18\x03 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x04 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x05 \x01(\x01\x12\x0e\n\x06tracks\x18\x06 \x01(\x03\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x08 \x01(\x01\x12!\n\x19\x64rift_rate_x_px_per_frame\x18\t \x01(\x01\x12!\n\x19\x64rift_rate_y_px_per_frame\x18\n \x01(\x01\x12\x1d\n\x15\x64rift_rate_x_nm_per_s\x18\x0b \x01(\x01\x12\x1d\n\x15\x64rift_rate_y_nm_per_s\x18\x0c \x01(\x01\x12\x17\n\x0fmean_lifetime_s\x18\r \x01(\x01\x12\x19\n\x11mean_free_path_nm\x18\x0e \x01(\x01\x12\x1d\n\x15mean_growth_rate_nm_s\x18\x0f \x01(\x01\"\x85\x01\n\x0fStatisticsReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x1e.loopstream.v1.FrameStatistics\x12.\n\x07summary\x18\x03 \x01(\x0b\x32\x1d.loopstream.v1.SessionSummary\"\xa6\x01\n\nTrackPoint\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_nm\x18\x04 \x01(\x02\x12\x10\n\x08minor_nm\x18\x05 \x01(\x02\x12\x13\n\x0btimestamp_s\x18\x06 \x01(\x01\x12\x16\n\x0ex_corrected_px\x18\x07 \x01(\x02\x12\x16\n\x0ey_corrected_px\x18\x08 \x01(\x02\"\xc5\x01\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x62irth_frame\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61th_frame\x18\x03 \x01(\x03\x12)\n\x06points\x18\x04 \x03(\x0b\x32\x19.loopstream.v1.TrackPoint\x12\x18\n\x10growth_rate_nm_s\x18\x05 \x01(\x01\x12\x12\n\nlifetime_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x64isplacement_nm\x18\x07 \x01(\x01\x12\x0e\n\x06length\x18\x08 \x01(\x05\"7\n\rTracksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmin_length\x18\x02 \x01(\x05\"G\n\x0bTracksReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x06tracks\x18\x02 \x03(\x0b\x32\x14.loopstream.v1.Track\"#\n\rExportRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"6\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\"A\n\x0c\x45xportedFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"M\n\x0b\x45xportReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1b.loopstream.v1.ExportedFile*a\n\x0bModelFamily\x12\x1c\n\x18MODEL_FAMILY_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_FAMILY_INSTANCE\x10\x01\x12\x19\n\x15MODEL_FAMILY_SEMANTIC\x10\x02\x32\xa9\x05\n\x07Tracker\x12\x41\n\x0bOpenSession\x12\x1a.loopstream.v1.SessionSpec\x1a\x16.loopstream.v1.Session\x12\x41\n\x0c\x43loseSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12?\n\nGetSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12T\n\x0cListSessions\x12\".loopstream.v1.ListSessionsRequest\x1a .loopstream.v1.ListSessionsReply\x12J\n\x10StreamDetections\x12\x1e.loopstream.v1.FrameDetections\x1a\x12.loopstream.v1.Ack(\x01\x30\x01\x12Q\n\rGetStatistics\x12 .loopstream.v1.StatisticsRequest\x1a\x1e.loopstream.v1.StatisticsReply\x12\x45\n\tGetTracks\x12\x1c.loopstream.v1.TracksRequest\x1a\x1a.loopstream.v1.TracksReply\x12I\n\rExportSession\x12\x1c.loopstream.v1.ExportRequest\x1a\x1a.loopstream.v1.ExportReply\x12P\n\x0fWatchStatistics\x12\x1b.loopstream.v1.WatchRequest\x1a\x1e.loopstream.v1.FrameStatistics0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loopstream.v1.tracker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELFAMILY']._serialized_start=2261
-  _globals['_MODELFAMILY']._serialized_end=2358
+  _globals['_MODELFAMILY']._serialized_start=2894
+  _globals['_MODELFAMILY']._serialized_end=2991
   _globals['_SESSIONSPEC']._serialized_start=47
-  _globals['_SESSIONSPEC']._serialized_end=225
-  _globals['_SESSION']._serialized_start=228
-  _globals['_SESSION']._serialized_end=433
-  _globals['_SESSIONREF']._serialized_start=435
-  _globals['_SESSIONREF']._serialized_end=467
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=469
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=514
-  _globals['_LISTSESSIONSREPLY']._serialized_start=516
-  _globals['_LISTSESSIONSREPLY']._serialized_end=577
-  _globals['_BOUNDINGBOX']._serialized_start=579
-  _globals['_BOUNDINGBOX']._serialized_end=657
-  _globals['_LOOP']._serialized_start=660
-  _globals['_LOOP']._serialized_end=823
-  _globals['_FRAMEDETECTIONS']._serialized_start=826
-  _globals['_FRAMEDETECTIONS']._serialized_end=1021
-  _globals['_ACK']._serialized_start=1023
-  _globals['_ACK']._serialized_end=1121
-  _globals['_FRAMESTATISTICS']._serialized_start=1124
-  _globals['_FRAMESTATISTICS']._serialized_end=1368
-  _globals['_STATISTICSREQUEST']._serialized_start=1370
-  _globals['_STATISTICSREQUEST']._serialized_end=1447
-  _globals['_SESSIONSUMMARY']._serialized_start=1450
-  _globals['_SESSIONSUMMARY']._serialized_end=1599
-  _globals['_STATISTICSREPLY']._serialized_start=1602
-  _globals['_STATISTICSREPLY']._serialized_end=1735
-  _globals['_TRACKPOINT']._serialized_start=1737
-  _globals['_TRACKPOINT']._serialized_end=1834
-  _globals['_TRACK']._serialized_start=1836
-  _globals['_TRACK']._serialized_end=1946
-  _globals['_TRACKSREQUEST']._serialized_start=1948
-  _globals['_TRACKSREQUEST']._serialized_end=2003
-  _globals['_TRACKSREPLY']._serialized_start=2005
-  _globals['_TRACKSREPLY']._serialized_end=2076
-  _globals['_EXPORTREQUEST']._serialized_start=2078
-  _globals['_EXPORTREQUEST']._serialized_end=2113
-  _globals['_EXPORTEDFILE']._serialized_start=2115
-  _globals['_EXPORTEDFILE']._serialized_end=2180
-  _globals['_EXPORTREPLY']._serialized_start=2182
-  _globals['_EXPORTREPLY']._serialized_end=2259
-  _globals['_TRACKER']._serialized_start=2361
-  _globals['_TRACKER']._serialized_end=2960
+  _globals['_SESSIONSPEC']._serialized_end=273
+  _globals['_SESSION']._serialized_start=276
+  _globals['_SESSION']._serialized_end=529
+  _globals['_SESSIONREF']._serialized_start=531
+  _globals['_SESSIONREF']._serialized_end=563
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=565
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=610
+  _globals['_LISTSESSIONSREPLY']._serialized_start=612
+  _globals['_LISTSESSIONSREPLY']._serialized_end=673
+  _globals['_BOUNDINGBOX']._serialized_start=675
+  _globals['_BOUNDINGBOX']._serialized_end=753
+  _globals['_LOOP']._serialized_start=756
+  _globals['_LOOP']._serialized_end=919
+  _globals['_FRAMEDETECTIONS']._serialized_start=922
+  _globals['_FRAMEDETECTIONS']._serialized_end=1117
+  _globals['_ACK']._serialized_start=1119
+  _globals['_ACK']._serialized_end=1217
+  _globals['_FRAMESTATISTICS']._serialized_start=1220
+  _globals['_FRAMESTATISTICS']._serialized_end=1526
+  _globals['_STATISTICSREQUEST']._serialized_start=1528
+  _globals['_STATISTICSREQUEST']._serialized_end=1605
+  _globals['_SESSIONSUMMARY']._serialized_start=1608
+  _globals['_SESSIONSUMMARY']._serialized_end=2018
+  _globals['_STATISTICSREPLY']._serialized_start=2021
+  _globals['_STATISTICSREPLY']._serialized_end=2154
+  _globals['_TRACKPOINT']._serialized_start=2157
+  _globals['_TRACKPOINT']._serialized_end=2323
+  _globals['_TRACK']._serialized_start=2326
+  _globals['_TRACK']._serialized_end=2523
+  _globals['_TRACKSREQUEST']._serialized_start=2525
+  _globals['_TRACKSREQUEST']._serialized_end=2580
+  _globals['_TRACKSREPLY']._serialized_start=2582
+  _globals['_TRACKSREPLY']._serialized_end=2653
+  _globals['_EXPORTREQUEST']._serialized_start=2655
+  _globals['_EXPORTREQUEST']._serialized_end=2690
+  _globals['_WATCHREQUEST']._serialized_start=2692
+  _globals['_WATCHREQUEST']._serialized_end=2746
+  _globals['_EXPORTEDFILE']._serialized_start=2748
+  _globals['_EXPORTEDFILE']._serialized_end=2813
+  _globals['_EXPORTREPLY']._serialized_start=2815
+  _globals['_EXPORTREPLY']._serialized_end=2892
+  _globals['_TRACKER']._serialized_start=2994
+  _globals['_TRACKER']._serialized_end=3675
 # @@protoc_insertion_point(module_scope)

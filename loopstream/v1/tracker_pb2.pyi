@@ -17,23 +17,27 @@ MODEL_FAMILY_INSTANCE: ModelFamily
 MODEL_FAMILY_SEMANTIC: ModelFamily
 
 class SessionSpec(_message.Message):
-    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family")
+    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames")
     MICROSCOPE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SIZE_NM_FIELD_NUMBER: _ClassVar[int]
     FRAME_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     DOSE_RATE_IONS_CM2_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_RANGE_NM_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     microscope_id: str
     sample: str
     pixel_size_nm: float
     frame_rate_hz: float
     dose_rate_ions_cm2_s: float
     model_family: ModelFamily
-    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ...) -> None: ...
+    search_range_nm: float
+    memory_frames: int
+    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index")
+    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +46,8 @@ class Session(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_STORED_FIELD_NUMBER: _ClassVar[int]
     LAST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_RANGE_NM_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     spec: SessionSpec
     model_name: str
@@ -50,7 +56,9 @@ class Session(_message.Message):
     closed: bool
     frames_stored: int
     last_frame_index: int
-    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ...) -> None: ...
+    search_range_nm: float
+    memory_frames: int
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ...) -> None: ...
 
 class SessionRef(_message.Message):
     __slots__ = ("session_id",)
@@ -137,7 +145,7 @@ class Ack(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class FrameStatistics(_message.Message):
-    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px")
+    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     FLUENCE_IONS_CM2_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +156,9 @@ class FrameStatistics(_message.Message):
     FOREGROUND_PERCENT_FIELD_NUMBER: _ClassVar[int]
     DRIFT_X_PX_FIELD_NUMBER: _ClassVar[int]
     DRIFT_Y_PX_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_X_NM_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_Y_NM_FIELD_NUMBER: _ClassVar[int]
+    LINKED_COUNT_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     timestamp_s: float
     fluence_ions_cm2: float
@@ -158,7 +169,10 @@ class FrameStatistics(_message.Message):
     foreground_percent: float
     drift_x_px: float
     drift_y_px: float
-    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ...) -> None: ...
+    drift_x_nm: float
+    drift_y_nm: float
+    linked_count: int
+    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ...) -> None: ...
 
 class StatisticsRequest(_message.Message):
     __slots__ = ("session_id", "from_frame", "to_frame")
@@ -171,20 +185,38 @@ class StatisticsRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., from_frame: _Optional[int] = ..., to_frame: _Optional[int] = ...) -> None: ...
 
 class SessionSummary(_message.Message):
-    __slots__ = ("frames", "mean_loop_count", "mean_density_per_um2", "mean_major_nm", "mean_minor_nm", "tracks")
+    __slots__ = ("frames", "mean_loop_count", "mean_density_per_um2", "mean_major_nm", "mean_minor_nm", "tracks", "duration_s", "fluence_ions_cm2", "drift_rate_x_px_per_frame", "drift_rate_y_px_per_frame", "drift_rate_x_nm_per_s", "drift_rate_y_nm_per_s", "mean_lifetime_s", "mean_free_path_nm", "mean_growth_rate_nm_s")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOOP_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEAN_DENSITY_PER_UM2_FIELD_NUMBER: _ClassVar[int]
     MEAN_MAJOR_NM_FIELD_NUMBER: _ClassVar[int]
     MEAN_MINOR_NM_FIELD_NUMBER: _ClassVar[int]
     TRACKS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FLUENCE_IONS_CM2_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_RATE_X_PX_PER_FRAME_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_RATE_Y_PX_PER_FRAME_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_RATE_X_NM_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_RATE_Y_NM_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FREE_PATH_NM_FIELD_NUMBER: _ClassVar[int]
+    MEAN_GROWTH_RATE_NM_S_FIELD_NUMBER: _ClassVar[int]
     frames: int
     mean_loop_count: float
     mean_density_per_um2: float
     mean_major_nm: float
     mean_minor_nm: float
     tracks: int
-    def __init__(self, frames: _Optional[int] = ..., mean_loop_count: _Optional[float] = ..., mean_density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., tracks: _Optional[int] = ...) -> None: ...
+    duration_s: float
+    fluence_ions_cm2: float
+    drift_rate_x_px_per_frame: float
+    drift_rate_y_px_per_frame: float
+    drift_rate_x_nm_per_s: float
+    drift_rate_y_nm_per_s: float
+    mean_lifetime_s: float
+    mean_free_path_nm: float
+    mean_growth_rate_nm_s: float
+    def __init__(self, frames: _Optional[int] = ..., mean_loop_count: _Optional[float] = ..., mean_density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., tracks: _Optional[int] = ..., duration_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., drift_rate_x_px_per_frame: _Optional[float] = ..., drift_rate_y_px_per_frame: _Optional[float] = ..., drift_rate_x_nm_per_s: _Optional[float] = ..., drift_rate_y_nm_per_s: _Optional[float] = ..., mean_lifetime_s: _Optional[float] = ..., mean_free_path_nm: _Optional[float] = ..., mean_growth_rate_nm_s: _Optional[float] = ...) -> None: ...
 
 class StatisticsReply(_message.Message):
     __slots__ = ("session_id", "frames", "summary")
@@ -197,30 +229,44 @@ class StatisticsReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameStatistics, _Mapping]]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ...) -> None: ...
 
 class TrackPoint(_message.Message):
-    __slots__ = ("frame_index", "x_px", "y_px", "major_nm", "minor_nm")
+    __slots__ = ("frame_index", "x_px", "y_px", "major_nm", "minor_nm", "timestamp_s", "x_corrected_px", "y_corrected_px")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     X_PX_FIELD_NUMBER: _ClassVar[int]
     Y_PX_FIELD_NUMBER: _ClassVar[int]
     MAJOR_NM_FIELD_NUMBER: _ClassVar[int]
     MINOR_NM_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    X_CORRECTED_PX_FIELD_NUMBER: _ClassVar[int]
+    Y_CORRECTED_PX_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     x_px: float
     y_px: float
     major_nm: float
     minor_nm: float
-    def __init__(self, frame_index: _Optional[int] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_nm: _Optional[float] = ..., minor_nm: _Optional[float] = ...) -> None: ...
+    timestamp_s: float
+    x_corrected_px: float
+    y_corrected_px: float
+    def __init__(self, frame_index: _Optional[int] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_nm: _Optional[float] = ..., minor_nm: _Optional[float] = ..., timestamp_s: _Optional[float] = ..., x_corrected_px: _Optional[float] = ..., y_corrected_px: _Optional[float] = ...) -> None: ...
 
 class Track(_message.Message):
-    __slots__ = ("track_id", "birth_frame", "death_frame", "points")
+    __slots__ = ("track_id", "birth_frame", "death_frame", "points", "growth_rate_nm_s", "lifetime_s", "displacement_nm", "length")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     BIRTH_FRAME_FIELD_NUMBER: _ClassVar[int]
     DEATH_FRAME_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    GROWTH_RATE_NM_S_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
+    DISPLACEMENT_NM_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     birth_frame: int
     death_frame: int
     points: _containers.RepeatedCompositeFieldContainer[TrackPoint]
-    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ...) -> None: ...
+    growth_rate_nm_s: float
+    lifetime_s: float
+    displacement_nm: float
+    length: int
+    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ..., growth_rate_nm_s: _Optional[float] = ..., lifetime_s: _Optional[float] = ..., displacement_nm: _Optional[float] = ..., length: _Optional[int] = ...) -> None: ...
 
 class TracksRequest(_message.Message):
     __slots__ = ("session_id", "min_length")
@@ -243,6 +289,14 @@ class ExportRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("session_id", "from_frame")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_FRAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    from_frame: int
+    def __init__(self, session_id: _Optional[str] = ..., from_frame: _Optional[int] = ...) -> None: ...
 
 class ExportedFile(_message.Message):
     __slots__ = ("name", "media_type", "content")

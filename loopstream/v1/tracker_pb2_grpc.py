@@ -74,6 +74,11 @@ class TrackerStub:
                 request_serializer=loopstream_dot_v1_dot_tracker__pb2.ExportRequest.SerializeToString,
                 response_deserializer=loopstream_dot_v1_dot_tracker__pb2.ExportReply.FromString,
                 _registered_method=True)
+        self.WatchStatistics = channel.unary_stream(
+                '/loopstream.v1.Tracker/WatchStatistics',
+                request_serializer=loopstream_dot_v1_dot_tracker__pb2.WatchRequest.SerializeToString,
+                response_deserializer=loopstream_dot_v1_dot_tracker__pb2.FrameStatistics.FromString,
+                _registered_method=True)
 
 
 class TrackerServicer:
@@ -129,6 +134,14 @@ class TrackerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchStatistics(self, request, context):
+        """Live per-frame statistics: stored frames from from_frame on, then each new frame as it is
+        stored, until the session is closed or the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +184,11 @@ def add_TrackerServicer_to_server(servicer, server):
                     servicer.ExportSession,
                     request_deserializer=loopstream_dot_v1_dot_tracker__pb2.ExportRequest.FromString,
                     response_serializer=loopstream_dot_v1_dot_tracker__pb2.ExportReply.SerializeToString,
+            ),
+            'WatchStatistics': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchStatistics,
+                    request_deserializer=loopstream_dot_v1_dot_tracker__pb2.WatchRequest.FromString,
+                    response_serializer=loopstream_dot_v1_dot_tracker__pb2.FrameStatistics.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +407,33 @@ class Tracker:
             '/loopstream.v1.Tracker/ExportSession',
             loopstream_dot_v1_dot_tracker__pb2.ExportRequest.SerializeToString,
             loopstream_dot_v1_dot_tracker__pb2.ExportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loopstream.v1.Tracker/WatchStatistics',
+            loopstream_dot_v1_dot_tracker__pb2.WatchRequest.SerializeToString,
+            loopstream_dot_v1_dot_tracker__pb2.FrameStatistics.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,8 @@
-"""Triton glue of the core U-Net: stacks the dynamically batched requests for one ONNX Runtime call."""
+"""Triton glue of a core network on the local (CPU) flavour: ONNX Runtime in the Python backend.
+
+Copied by the repository builder to ``<pipeline>_core/<version>/model.py`` beside ``model.onnx``.
+(The GPU flavour serves the same ``model.onnx`` with Triton's native onnxruntime backend.)
+"""
 
 import json
 import os
@@ -19,9 +23,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # The Python backend hands over N requests unstacked: concatenate, run once, split.
-        images = [pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy() for r in requests]
-        sizes = {image.shape[1:] for image in images}
-        if len(sizes) > 1:  # tiles of one size only; a mixed batch is run per request
+        images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
+        if len({image.shape[1:] for image in images}) > 1:  # tiles of mixed sizes: one run each
             return [self._respond(self.model(image)) for image in images]
         logits = self.model(np.concatenate(images))
         splits = np.cumsum([len(image) for image in images])[:-1]
@@ -29,4 +32,4 @@ class TritonPythonModel:
 
     @staticmethod
     def _respond(logits):
-        return pb_utils.InferenceResponse([pb_utils.Tensor("LOGITS", np.ascontiguousarray(logits))])
+        return pb_utils.InferenceResponse([pb_utils.Tensor("logits", np.ascontiguousarray(logits))])

@@ -1,0 +1,115 @@
+"""Throughput of the served pipeline against the same model in-process, in one run.
+
+For each frame size: frames/s of (a) the pipeline code calling ONNX Runtime in this process,
+(b) the same frames streamed through the local tritonserver (client -> Triton only), and
+(c) end to end (client -> Triton -> tracker, stored), with 1 and 4 concurrent microscopes.
+Ratios against (a) are what to read: this 2-core machine is noisy, ratios in one run less so.
+
+    .venv/bin/python bench/bench_pipeline.py --sizes 512 1024 --frames 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loopstream.client.inference import FrameResult, InferenceStream
+from loopstream.client.session import Endpoints, MicroscopeSession
+from loopstream.client.sources import Frame
+from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.semantic import SemanticPipelineConfig, analyse_frame
+from loopstream.serving.triton import REPOSITORY
+from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.stack import LocalStack
+from loopstream.v1 import tracker_pb2 as pb
+
+
+def simulated_frames(size: int, n: int, seed: int = 0) -> list[Frame]:
+    microscope = SimulatedMicroscope(SimulationConfig(shape=(size, size), n_frames=n), seed)
+    return [Frame(i, i / 10, microscope.render(i), f"sim:{i}") for i in range(n)]
+
+
+def in_process(frames: list[Frame], model: OnnxModel) -> float:
+    analyse_frame(frames[0].image, model, SemanticPipelineConfig())  # warm-up
+    start = time.perf_counter()
+    for frame in frames:
+        analyse_frame(frame.image, model, SemanticPipelineConfig())
+    return len(frames) / (time.perf_counter() - start)
+
+
+def through_triton(stack: LocalStack, frames: list[Frame]) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    stream = InferenceStream(stack.triton_url, "loops_semantic", lambda r: latencies.append(_ok(r)))
+    stream.submit(frames[0])  # warm-up
+    stream.drain()
+    latencies.clear()
+    start = time.perf_counter()
+    for frame in frames:
+        stream.submit(frame)
+    stream.close()
+    return len(frames) / (time.perf_counter() - start), latencies
+
+
+def end_to_end(stack: LocalStack, frames: list[Frame], microscopes: int) -> float:
+    """Frames/s summed over ``microscopes`` sessions streaming the same frames at once."""
+    endpoints = Endpoints(stack.triton_url, stack.tracker_url, stack.token)
+    spec = pb.SessionSpec(pixel_size_nm=0.39, frame_rate_hz=10.0)
+    sessions = [MicroscopeSession(endpoints, spec) for _ in range(microscopes)]
+
+    def run(session: MicroscopeSession) -> None:
+        for frame in frames:
+            session.submit(frame)
+        report = session.close()
+        assert report.frames_stored == len(frames), report.summary()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in sessions]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return microscopes * len(frames) / (time.perf_counter() - start)
+
+
+def _ok(result: FrameResult) -> float:
+    if result.error:
+        raise RuntimeError(result.error)
+    return result.latency_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    args = parser.parse_args()
+    model = OnnxModel(args.repository / "loops_semantic_core" / "1" / "model.onnx")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), repository=args.repository) as stack:
+        for size in args.sizes:
+            frames = simulated_frames(size, args.frames)
+            local = in_process(frames, model)
+            served, latencies = through_triton(stack, frames)
+            e2e_1 = end_to_end(stack, frames, 1)
+            e2e_4 = end_to_end(stack, frames, 4)
+            p50, p99 = np.percentile(latencies, [50, 99])
+            rows.append((size, local, served, e2e_1, e2e_4, p50, p99))
+    print(
+        "| frame px | in-process fr/s | Triton fr/s | ratio | e2e 1 mic fr/s | ratio "
+        "| e2e 4 mics fr/s | ratio | Triton p50 / p99 latency s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, local, served, e2e_1, e2e_4, p50, p99 in rows:
+        print(
+            f"| {size}^2 | {local:.2f} | {served:.2f} | {served / local:.2f} | {e2e_1:.2f} "
+            f"| {e2e_1 / local:.2f} | {e2e_4:.2f} | {e2e_4 / local:.2f} | {p50:.2f} / {p99:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

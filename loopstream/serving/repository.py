@@ -1,0 +1,219 @@
+"""The Triton model repository, written from model specs in two flavours.
+
+A pipeline version is a pair: ``<pipeline>/<v>/`` (pre/post-processing, settings in
+``pipeline.json``) and ``<pipeline>_core/<v>/model.onnx`` (the network). The flavour decides how
+they are served:
+
+- ``local``: both in Triton's Python backend, the network run by ONNX Runtime on the CPU (the
+  tritonserver of the nvidia-pytriton wheel has no other backend). Glue files are symlinks into
+  ``loopstream/serving/backends`` so every version runs the same code.
+- ``gpu``: the NGC tritonserver image; the network on the native ``onnxruntime`` backend with the
+  TensorRT accelerator in FP16, GPU instances and pinned memory; the pipeline stays in Python.
+
+Every ``config.pbtxt`` is built as a ``model_config_pb2.ModelConfig`` message, so it is valid
+protobuf text by construction; tests parse it back.
+
+Example::
+
+    loopstream-repository add --pipeline loops_semantic --onnx unet.onnx --spec spec.json
+    loopstream-repository build --flavour gpu --out build/gpu-repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from loopstream.serving.semantic import SemanticPipelineConfig
+
+FLAVOURS = ("local", "gpu")
+BACKENDS = Path(__file__).resolve().parent / "backends"
+GLUE = {"pipeline": BACKENDS / "semantic_pipeline.py", "core": BACKENDS / "onnx_core.py"}
+CORE_INPUT, CORE_OUTPUT = "image", "logits"  # the exported ONNX graph's own tensor names
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a pipeline version is, beyond its network: stored as ``<pipeline>/<v>/pipeline.json``."""
+
+    family: str = "semantic"
+    architecture: str = ""
+    description: str = ""
+    tile_px: int = 512
+    overlap_px: int = 64
+    threshold: float = 0.5
+    min_area_px: int = 12
+    max_tiles_per_request: int = 4  # tiles of one frame per core request; the batcher merges requests
+
+    @classmethod
+    def read(cls, path: Path) -> PipelineSpec:
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown pipeline settings {sorted(unknown)}")
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def pipeline_config(self) -> SemanticPipelineConfig:
+        return SemanticPipelineConfig(self.tile_px, self.overlap_px, self.threshold, self.min_area_px)
+
+
+def pipelines_in(repository: Path) -> list[str]:
+    return sorted({p.parent.parent.name for p in repository.glob("*/*/pipeline.json")})
+
+
+def versions_of(repository: Path, pipeline: str) -> list[int]:
+    return sorted(int(p.parent.name) for p in (repository / pipeline).glob("*/pipeline.json"))
+
+
+def pipeline_config(name: str, versions: list[int]) -> mc.ModelConfig:
+    """Frame in (uint8 or uint16, any size), loop ellipses out; the same in both flavours."""
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    config.version_policy.specific.versions.extend(versions)
+    config.input.add(name="FRAME_U8", data_type=mc.TYPE_UINT8, dims=[-1, -1], optional=True)
+    config.input.add(name="FRAME_U16", data_type=mc.TYPE_UINT16, dims=[-1, -1], optional=True)
+    # Per loop: score, x, y, major, minor, angle_deg, area, bbox x, y, width, height (px).
+    config.output.add(name="DETECTIONS", data_type=mc.TYPE_FP32, dims=[-1, 11])
+    # Two instances: one frame's post-processing overlaps the next frame's network run.
+    config.instance_group.add(count=2, kind=mc.ModelInstanceGroup.KIND_CPU)
+    return config
+
+
+def core_config(name: str, versions: list[int], flavour: str, tile_px: int) -> mc.ModelConfig:
+    """The network on batches of standardised tiles [N, 1, tile, tile] -> logits [N, 2, tile, tile]."""
+    local = flavour == "local"
+    config = mc.ModelConfig(
+        name=name, backend="python" if local else "onnxruntime", max_batch_size=8 if local else 16
+    )
+    config.version_policy.specific.versions.extend(versions)
+    config.input.add(name=CORE_INPUT, data_type=mc.TYPE_FP32, dims=[1, -1, -1])
+    config.output.add(name=CORE_OUTPUT, data_type=mc.TYPE_FP32, dims=[2, -1, -1])
+    # Queue delay chosen by bench/bench_batching.py: on CPU a longer wait buys no throughput.
+    config.dynamic_batching.max_queue_delay_microseconds = 2000 if local else 5000
+    warmup = config.model_warmup.add(name="tile", batch_size=1)
+    warmup.inputs[CORE_INPUT].CopyFrom(
+        mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=[1, tile_px, tile_px], zero_data=True)
+    )
+    if local:
+        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        config.parameters["intra_op_threads"].string_value = "2"
+        return config
+    config.dynamic_batching.preferred_batch_size.extend([8, 16])
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    accelerator.parameters["precision_mode"] = "FP16"
+    accelerator.parameters["max_workspace_size_bytes"] = str(2 << 30)
+    accelerator.parameters["trt_engine_cache_enable"] = "1"
+    config.optimization.input_pinned_memory.enable = True
+    config.optimization.output_pinned_memory.enable = True
+    return config
+
+
+def write_configs(repository: Path, flavour: str = "local") -> list[Path]:
+    """(Re)write every config.pbtxt (and, locally, the glue links) of every pipeline in ``repository``."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; choose one of {FLAVOURS}")
+    written = []
+    for pipeline in pipelines_in(repository):
+        versions = versions_of(repository, pipeline)
+        tile_px = PipelineSpec.read(repository / pipeline / str(versions[-1]) / "pipeline.json").tile_px
+        core = f"{pipeline}_core"
+        for name, config in (
+            (pipeline, pipeline_config(pipeline, versions)),
+            (core, core_config(core, versions, flavour, tile_px)),
+        ):
+            path = repository / name / "config.pbtxt"
+            path.write_text(text_format.MessageToString(config))
+            written.append(path)
+        for version in versions:
+            _place_glue(repository / pipeline / str(version) / "model.py", GLUE["pipeline"])
+            core_glue = repository / core / str(version) / "model.py"
+            if flavour == "local":
+                _place_glue(core_glue, GLUE["core"])
+            else:
+                core_glue.unlink(missing_ok=True)
+    return written
+
+
+def add_version(
+    repository: Path, pipeline: str, spec: PipelineSpec, onnx: Path, version: int | None = None
+) -> int:
+    """Add (or replace) a version of ``pipeline`` from an exported network; returns its number."""
+    existing = versions_of(repository, pipeline)
+    version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    (repository / pipeline / str(version)).mkdir(parents=True, exist_ok=True)
+    core_dir = repository / f"{pipeline}_core" / str(version)
+    core_dir.mkdir(parents=True, exist_ok=True)
+    if Path(onnx).resolve() != (core_dir / "model.onnx").resolve():
+        shutil.copyfile(onnx, core_dir / "model.onnx")
+    spec.write(repository / pipeline / str(version) / "pipeline.json")
+    write_configs(repository, "local")
+    return version
+
+
+def build_flavour(source: Path, out: Path, flavour: str) -> Path:
+    """A self-contained repository of ``flavour`` (real files, no links) from ``source``."""
+    if out.exists():
+        shutil.rmtree(out)
+    for pipeline in pipelines_in(source):
+        for version in versions_of(source, pipeline):
+            for name, file in ((pipeline, "pipeline.json"), (f"{pipeline}_core", "model.onnx")):
+                target = out / name / str(version) / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name / str(version) / file, target)
+    write_configs(out, flavour)
+    for link in out.rglob("model.py"):
+        real = link.resolve()
+        link.unlink()
+        shutil.copyfile(real, link)
+    return out
+
+
+def _place_glue(path: Path, target: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.symlink_to(os.path.relpath(target, path.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loopstream.serving.triton import REPOSITORY
+
+    parser = argparse.ArgumentParser(prog="loopstream-repository", description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="add a pipeline version from an exported ONNX network")
+    add.add_argument("--pipeline", default="loops_semantic")
+    add.add_argument("--onnx", type=Path, required=True)
+    add.add_argument("--spec", type=Path, required=True, help="pipeline.json settings of the version")
+    add.add_argument("--version", type=int, default=None, help="default: the next free number")
+    build = commands.add_parser("build", help="write a self-contained repository of one flavour")
+    build.add_argument("--flavour", choices=FLAVOURS, required=True)
+    build.add_argument("--out", type=Path, required=True)
+    commands.add_parser("refresh", help="rewrite the configs of the local repository")
+    args = parser.parse_args(argv)
+    if args.command == "add":
+        version = add_version(
+            args.repository, args.pipeline, PipelineSpec.read(args.spec), args.onnx, args.version
+        )
+        print(f"added {args.pipeline} version {version} to {args.repository}")
+    elif args.command == "build":
+        print(
+            f"wrote the {args.flavour} repository to {build_flavour(args.repository, args.out, args.flavour)}"
+        )
+    else:
+        for path in write_configs(args.repository, "local"):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Augmentations for bright-field TEM frames, applied to the raw frame before standardisation.
+
+Why these: loops look the same under any flip or 90-degree rotation of the sample; exposure,
+detector response and foil thickness change contrast, gamma, shot noise and focus (blur) from
+experiment to experiment. Standardisation comes last, as in serving, so the model sees exactly
+what ``loopstream.imaging.standardise`` makes of an augmented camera frame.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> frame = rng.uniform(0, 255, (64, 64))
+>>> image, targets = augment(frame, np.zeros((2, 64, 64), np.uint8), rng)
+>>> image.shape, targets.shape, round(float(image.std()), 3)
+((64, 64), (2, 64, 64), 1.0)
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from loopstream.imaging import standardise
+
+GAMMA_RANGE = (0.7, 1.45)
+BLUR_SIGMA_PX = (0.3, 1.5)
+NOISE_STD = (0.02, 0.12)  # of the [0, 1] intensity range
+GRADIENT_AMPLITUDE = 0.15  # of the [0, 1] intensity range: slow thickness / illumination change
+
+
+def augment(
+    image: np.ndarray, targets: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A randomly augmented, standardised float32 image [H, W] and its targets [C, H, W]."""
+    x = image.astype(np.float32)
+    x = (x - x.min()) / max(float(np.ptp(x)), 1e-6)
+    x = x ** np.float32(rng.uniform(*GAMMA_RANGE))
+    if rng.random() < 0.5:
+        x = x + _slow_field(x.shape, rng) * np.float32(rng.uniform(0, GRADIENT_AMPLITUDE))
+    if rng.random() < 0.4:
+        x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(*BLUR_SIGMA_PX)))
+    if rng.random() < 0.5:
+        x = x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(rng.uniform(*NOISE_STD))
+    k = int(rng.integers(4))
+    x, targets = np.rot90(x, k), np.rot90(targets, k, axes=(1, 2))
+    if rng.random() < 0.5:
+        x, targets = x[:, ::-1], targets[:, :, ::-1]
+    return standardise(np.ascontiguousarray(x)), np.ascontiguousarray(targets)
+
+
+def random_crop(
+    image: np.ndarray, targets: np.ndarray, size_px: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size_px`` square of a standardised image and its targets (frames no larger pass)."""
+    h, w = image.shape
+    if h <= size_px and w <= size_px:
+        return image, targets
+    y0, x0 = int(rng.integers(h - size_px + 1)), int(rng.integers(w - size_px + 1))
+    return image[y0 : y0 + size_px, x0 : x0 + size_px], targets[:, y0 : y0 + size_px, x0 : x0 + size_px]
+
+
+def _slow_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random field in [-1, 1] varying over a few hundred px."""
+    coarse = rng.uniform(-1, 1, (3, 3)).astype(np.float32)
+    return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).clip(-1, 1)

@@ -1,0 +1,183 @@
+"""``loopstream-tracker``: run the tracker service until SIGTERM / SIGINT.
+
+Every flag can also be set by an environment variable LOOPSTREAM_TRACKER_<FLAG> (upper snake
+case, e.g. LOOPSTREAM_TRACKER_PORT); a flag on the command line wins. The bearer token comes from
+--token-file or LOOPSTREAM_TRACKER_TOKEN; without one the tracker refuses to start unless
+--no-auth says so explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from loopstream.tracker.auth import read_token
+from loopstream.tracker.engine import Defaults
+from loopstream.tracker.server import ServerConfig, serve
+
+ENV_PREFIX = "LOOPSTREAM_TRACKER_"
+STOP_GRACE_S = 3.0
+log = logging.getLogger("loopstream.tracker")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg and any ``extra`` fields."""
+
+    _standard = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in self._standard})
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _env(name: str, default):
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _truthy(value: str | bool) -> bool:
+    return value if isinstance(value, bool) else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def parser() -> argparse.ArgumentParser:
+    d = Defaults()
+    p = argparse.ArgumentParser(prog="loopstream-tracker", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
+    p.add_argument("--port", type=int, default=int(_env("port", 50061)), help="gRPC port; 0 = ephemeral")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("metrics_port", 9102)),
+        help="Prometheus port; 0 = ephemeral, -1 = off",
+    )
+    p.add_argument(
+        "--port-file", default=_env("port_file", None), help="write the bound gRPC port here once serving"
+    )
+    p.add_argument("--db", default=_env("db", "./loopstream-tracker.db"), help="SQLite store file")
+    p.add_argument(
+        "--sync",
+        choices=["full", "normal"],
+        default=_env("sync", "full"),
+        help="full: fsync every frame before its ack (survives power loss); normal: ~2x faster, survives "
+        "tracker crashes only",
+    )
+    p.add_argument("--token-file", default=_env("token_file", None), help="file holding the bearer token")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_truthy(_env("no_auth", False)),
+        help="serve without authentication",
+    )
+    p.add_argument(
+        "--tls-cert", default=_env("tls_cert", None), help="PEM certificate chain (with --tls-key)"
+    )
+    p.add_argument("--tls-key", default=_env("tls_key", None), help="PEM private key (with --tls-cert)")
+    p.add_argument(
+        "--default-model", default=_env("default_model", d.model_name), help="Triton model for sessions"
+    )
+    p.add_argument(
+        "--default-model-version",
+        default=_env("default_model_version", d.model_version),
+        help="Triton model version; empty = latest",
+    )
+    p.add_argument(
+        "--search-range-nm",
+        type=float,
+        default=float(_env("search_range_nm", d.search_range_nm)),
+        help="default linking search radius (nm) for sessions that do not set one",
+    )
+    p.add_argument(
+        "--memory-frames",
+        type=int,
+        default=int(_env("memory_frames", d.memory_frames)),
+        help="default number of frames a vanished loop is remembered",
+    )
+    p.add_argument("--log-level", default=_env("log_level", "info"), help="debug, info, warning or error")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    token = os.environ.get(ENV_PREFIX + "TOKEN") or None
+    if args.token_file:
+        token = read_token(args.token_file)
+    if args.no_auth:
+        token = None
+    elif token is None:
+        raise ValueError(
+            "no bearer token: pass --token-file PATH or set LOOPSTREAM_TRACKER_TOKEN, "
+            "or pass --no-auth to serve without authentication"
+        )
+    return ServerConfig(
+        db=args.db,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        token=token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        synchronous=args.sync.upper(),
+        defaults=Defaults(
+            args.default_model, args.default_model_version, args.search_range_nm, args.memory_frames
+        ),
+    )
+
+
+def _write_port_file(path: str, port: int) -> None:
+    """Atomically, so a supervisor polling the file never reads half a number."""
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    try:
+        config = config_from_args(args)
+        running = serve(config)
+    except (ValueError, OSError, RuntimeError) as e:
+        log.error("cannot start", extra={"error": str(e)})
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    log.info(
+        "listening",
+        extra={
+            "host": config.host,
+            "port": running.port,
+            "metrics_port": running.metrics_port,
+            "db": str(config.db),
+            "auth": config.token is not None,
+            "tls": config.tls_cert is not None,
+        },
+    )
+    if args.port_file:
+        _write_port_file(args.port_file, running.port)
+    while not stop.wait(1.0):
+        pass
+    started = time.monotonic()
+    log.info("stopping", extra={"grace_s": STOP_GRACE_S})
+    running.stop(STOP_GRACE_S)
+    log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Prometheus metrics of one tracker, on its own registry so several can run in one process."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from loopstream.tracker.engine import IngestResult
+
+RATE_WINDOW_S = 10.0
+
+
+class TrackerMetrics:
+    def __init__(self, open_sessions: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.frames = Counter(
+            "loopstream_tracker_frames", "Frames received, by outcome", ["outcome"], registry=self.registry
+        )
+        self.frame_latency = Histogram(
+            "loopstream_tracker_frame_latency_seconds",
+            "Lag from a frame's arrival to its acknowledgement (link, statistics, durable commit)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.commit_latency = Histogram(
+            "loopstream_tracker_store_commit_seconds",
+            "Duration of one frame's store transaction, fsync included",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        Gauge("loopstream_tracker_open_sessions", "Sessions not closed", registry=self.registry).set_function(
+            open_sessions
+        )
+        Gauge(
+            "loopstream_tracker_frames_per_second",
+            f"Frames stored per second over the last {RATE_WINDOW_S:g} s",
+            registry=self.registry,
+        ).set_function(self._rate)
+        self._stored: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def on_frame(self, result: IngestResult, seconds: float) -> None:
+        outcome = "duplicate" if result.duplicate else "accepted" if result.accepted else "rejected"
+        self.frames.labels(outcome).inc()
+        self.frame_latency.observe(seconds)
+        if outcome == "accepted":
+            now = time.monotonic()
+            with self._lock:
+                self._stored.append(now)
+                while self._stored and self._stored[0] < now - RATE_WINDOW_S:
+                    self._stored.popleft()
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            while self._stored and self._stored[0] < now - RATE_WINDOW_S:
+                self._stored.popleft()
+            return len(self._stored) / RATE_WINDOW_S
+
+    def serve_http(self, host: str, port: int):
+        """Start /metrics on ``port`` (0 = ephemeral); returns the HTTP server (``server_port``)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

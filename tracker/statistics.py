@@ -1,0 +1,141 @@
+"""The numbers physicists read (DESIGN.md section 4), as small pure functions over DataFrames.
+
+Units: positions and axes of detections in px; ``pixel_size_nm`` converts; times in s; fluence in
+ions/cm^2 = dose rate [ions/cm^2/s] x time [s]; areal density per um^2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+MIN_FRAMES_FOR_GROWTH = 10  # a slope over fewer frames is mostly detection noise
+
+
+def frame_statistics(
+    major_px: np.ndarray,
+    minor_px: np.ndarray,
+    width_px: int,
+    height_px: int,
+    pixel_size_nm: float,
+    timestamp_s: float,
+    dose_rate_ions_cm2_s: float,
+) -> dict[str, float]:
+    """N, density, mean D / Dm (NaN without loops), foreground % from ellipse areas, fluence.
+
+    >>> s = frame_statistics(np.array([10.0]), np.array([5.0]), 100, 100, 2.0, 3.0, 1e11)
+    >>> s["loop_count"], round(s["density_per_um2"], 1), s["mean_major_nm"], s["fluence_ions_cm2"]
+    (1, 25.0, 20.0, 300000000000.0)
+    """
+    n = len(major_px)
+    field_um2 = (width_px * pixel_size_nm * 1e-3) * (height_px * pixel_size_nm * 1e-3)
+    ellipse_px2 = float(np.sum(np.pi / 4.0 * major_px * minor_px))
+    return {
+        "loop_count": n,
+        "density_per_um2": n / field_um2,
+        "mean_major_nm": float(np.mean(major_px)) * pixel_size_nm if n else float("nan"),
+        "mean_minor_nm": float(np.mean(minor_px)) * pixel_size_nm if n else float("nan"),
+        "foreground_percent": 100.0 * ellipse_px2 / (width_px * height_px),
+        "fluence_ions_cm2": dose_rate_ions_cm2_s * timestamp_s,
+    }
+
+
+def tracks_table(detections: pd.DataFrame, frames: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
+    """One row per track: birth/death frame and time, length, lifetime, displacement, growth rate.
+
+    ``detections`` has ``frame_index, track_id, major_px, minor_px, x_corrected_px,
+    y_corrected_px``; ``frames`` maps ``frame_index`` to ``timestamp_s``. Displacement is
+    drift-corrected (first to last point, nm); growth rate is the least-squares dD/dt (nm/s).
+    """
+    d = detections.merge(frames[["frame_index", "timestamp_s"]], on="frame_index", how="left")
+    d = d.assign(major_nm=d.major_px * pixel_size_nm, minor_nm=d.minor_px * pixel_size_nm)
+    # Time since the track's birth keeps the least-squares sums well conditioned in long sessions.
+    t = d.timestamp_s - d.groupby("track_id").timestamp_s.transform("first")
+    d = d.assign(t=t, t_major=t * d.major_nm, t2=t**2)
+    g = d.groupby("track_id", sort=True)
+    first, last = g.first(), g.last()
+    sums = g[["t", "major_nm", "t_major", "t2"]].sum()
+    n = g.size()
+    denominator = n * sums.t2 - sums.t**2
+    slope = (n * sums.t_major - sums.t * sums.major_nm) / denominator.where(denominator > 0)
+    out = pd.DataFrame(
+        {
+            "birth_frame": first.frame_index,
+            "death_frame": last.frame_index,
+            "length": n,
+            "birth_s": first.timestamp_s,
+            "death_s": last.timestamp_s,
+            "lifetime_s": last.timestamp_s - first.timestamp_s,
+            "displacement_nm": np.hypot(
+                last.x_corrected_px - first.x_corrected_px, last.y_corrected_px - first.y_corrected_px
+            )
+            * pixel_size_nm,
+            "mean_major_nm": g.major_nm.mean(),
+            "mean_minor_nm": g.minor_nm.mean(),
+            "growth_rate_nm_s": slope,
+        }
+    )
+    out.index.name = "track_id"
+    return out.reset_index()
+
+
+def drift_rate(frames: pd.DataFrame) -> tuple[float, float]:
+    """Least-squares slope of the cumulative drift (x, y) in px per frame (NaN with < 2 frames)."""
+    if len(frames) < 2:
+        return float("nan"), float("nan")
+    t = frames.frame_index.to_numpy(float)
+    return (
+        float(np.polyfit(t, frames.drift_x_px.to_numpy(), 1)[0]),
+        float(np.polyfit(t, frames.drift_y_px.to_numpy(), 1)[0]),
+    )
+
+
+def session_summary(frames: pd.DataFrame, tracks: pd.DataFrame, pixel_size_nm: float) -> dict[str, float]:
+    """Means over frames, drift rates, lifetime and mean free path of tracks that ended.
+
+    A track "ended" if it was last seen before the session's last frame; tracks still alive would
+    bias lifetimes and free paths low.
+    """
+    nan = float("nan")
+    if frames.empty:
+        return {"frames": 0, "tracks": 0}
+    rate_x, rate_y = drift_rate(frames)
+    duration = float(frames.timestamp_s.iloc[-1] - frames.timestamp_s.iloc[0])
+    seconds_per_frame = (
+        duration / (frames.frame_index.iloc[-1] - frames.frame_index.iloc[0]) if duration else nan
+    )
+    ended = tracks[tracks.death_frame < frames.frame_index.iloc[-1]]
+    grown = tracks[tracks.length >= MIN_FRAMES_FOR_GROWTH]
+    return {
+        "frames": len(frames),
+        "mean_loop_count": float(frames.loop_count.mean()),
+        "mean_density_per_um2": float(frames.density_per_um2.mean()),
+        "mean_major_nm": float(frames.mean_major_nm.mean()),
+        "mean_minor_nm": float(frames.mean_minor_nm.mean()),
+        "tracks": len(tracks),
+        "duration_s": duration,
+        "fluence_ions_cm2": float(frames.fluence_ions_cm2.iloc[-1]),
+        "drift_rate_x_px_per_frame": rate_x,
+        "drift_rate_y_px_per_frame": rate_y,
+        "drift_rate_x_nm_per_s": rate_x * pixel_size_nm / seconds_per_frame,
+        "drift_rate_y_nm_per_s": rate_y * pixel_size_nm / seconds_per_frame,
+        "mean_lifetime_s": float(ended.lifetime_s.mean()) if len(ended) else nan,
+        "mean_free_path_nm": float(ended.displacement_nm.mean()) if len(ended) else nan,
+        "mean_growth_rate_nm_s": float(grown.growth_rate_nm_s.mean()) if len(grown) else nan,
+    }
+
+
+def size_histogram(detections: pd.DataFrame, pixel_size_nm: float, bins: int = 30) -> pd.DataFrame:
+    """Counts of major and minor axes (nm) over all detections, on shared bin edges."""
+    major = detections.major_px.to_numpy() * pixel_size_nm
+    minor = detections.minor_px.to_numpy() * pixel_size_nm
+    top = float(max(major.max(initial=0.0), 1.0))
+    edges = np.linspace(0.0, top, bins + 1)
+    return pd.DataFrame(
+        {
+            "lower_nm": edges[:-1],
+            "upper_nm": edges[1:],
+            "major_count": np.histogram(major, edges)[0],
+            "minor_count": np.histogram(minor, edges)[0],
+        }
+    )

@@ -1,0 +1,323 @@
+"""Durable store of sessions, frames and detections: SQLite in WAL mode, schema versioned.
+
+A frame is committed in one transaction with its detections and statistics, with
+``synchronous=FULL``, so an acknowledged frame survives a crash of the process or the machine.
+One connection is shared behind a lock: SQLite serialises writers anyway, and reads are short.
+Everything read back is a plain DataFrame with the column names used by the domain modules.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DETECTION_COLUMNS = [
+    "frame_index",
+    "loop_index",
+    "track_id",
+    "score",
+    "x_px",
+    "y_px",
+    "major_px",
+    "minor_px",
+    "angle_deg",
+    "area_px",
+    "bbox_x_px",
+    "bbox_y_px",
+    "bbox_width_px",
+    "bbox_height_px",
+    "x_corrected_px",
+    "y_corrected_px",
+]
+
+FRAME_COLUMNS = [
+    "frame_index",
+    "ordinal",  # 0, 1, 2, ... in arrival order: the linker's notion of time
+    "timestamp_s",
+    "width_px",
+    "height_px",
+    "model_name",
+    "model_version",
+    "loop_count",
+    "linked_count",
+    "density_per_um2",
+    "mean_major_nm",
+    "mean_minor_nm",
+    "foreground_percent",
+    "fluence_ions_cm2",
+    "drift_x_px",
+    "drift_y_px",
+    "drift_x_nm",
+    "drift_y_nm",
+    "received_unix_s",
+]
+
+SESSION_COLUMNS = [
+    "session_id",
+    "microscope_id",
+    "sample",
+    "pixel_size_nm",
+    "frame_rate_hz",
+    "dose_rate_ions_cm2_s",
+    "model_family",
+    "model_name",
+    "model_version",
+    "search_range_nm",
+    "memory_frames",
+    "opened_at_unix_s",
+    "closed",
+]
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    """The first schema: sessions, frames (with their statistics), detections (with track ids)."""
+    db.execute(
+        """CREATE TABLE sessions (
+            sid INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL UNIQUE,
+            microscope_id TEXT NOT NULL, sample TEXT NOT NULL,
+            pixel_size_nm REAL NOT NULL, frame_rate_hz REAL NOT NULL,
+            dose_rate_ions_cm2_s REAL NOT NULL, model_family INTEGER NOT NULL,
+            model_name TEXT NOT NULL, model_version TEXT NOT NULL,
+            search_range_nm REAL NOT NULL, memory_frames INTEGER NOT NULL,
+            opened_at_unix_s REAL NOT NULL, closed INTEGER NOT NULL DEFAULT 0)"""
+    )
+    db.execute(
+        f"""CREATE TABLE frames (
+            sid INTEGER NOT NULL REFERENCES sessions(sid),
+            {", ".join(f"{c} {'TEXT' if c.startswith('model_') else 'REAL'}" for c in FRAME_COLUMNS)},
+            PRIMARY KEY (sid, frame_index)) WITHOUT ROWID"""
+    )
+    db.execute(
+        f"""CREATE TABLE detections (
+            sid INTEGER NOT NULL,
+            {", ".join(f"{c} REAL" for c in DETECTION_COLUMNS)},
+            PRIMARY KEY (sid, frame_index, loop_index)) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX detections_by_track ON detections (sid, track_id)")
+    db.execute("CREATE UNIQUE INDEX frames_by_ordinal ON frames (sid, ordinal)")
+
+
+# Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used (e.g. written by a newer tracker)."""
+
+
+@dataclass(frozen=True)
+class SessionProgress:
+    frames_stored: int
+    last_frame_index: int  # -1 before the first frame
+
+
+class Store:
+    """All persistent state of a tracker."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        """``synchronous``: FULL (fsync every commit: survives power loss) or NORMAL (WAL: survives
+        a crash of the process, not of the machine; about twice the frames/s)."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous = {synchronous!r}: use FULL or NORMAL")
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = db.execute("SELECT version FROM schema_version").fetchone()
+                version = 0 if row is None else int(row[0])
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, newer than this tracker's "
+                        f"{SCHEMA_VERSION}: upgrade the tracker or use another --db file"
+                    )
+                for migrate in MIGRATIONS[version:]:
+                    migrate(db)
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Close after any commit in flight (it holds the lock) has finished."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def add_session(self, session: dict) -> None:
+        cols = ", ".join(SESSION_COLUMNS)
+        marks = ", ".join("?" for _ in SESSION_COLUMNS)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO sessions ({cols}) VALUES ({marks})", [session[c] for c in SESSION_COLUMNS]
+            )
+
+    def close_session(self, session_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE sessions SET closed = 1 WHERE session_id = ?", (session_id,))
+
+    def sessions(self, include_closed: bool = True) -> pd.DataFrame:
+        where = "" if include_closed else "WHERE closed = 0"
+        return self._query(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions {where} ORDER BY sid", ())
+
+    def session(self, session_id: str) -> dict | None:
+        df = self._query(
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session_id = ?", (session_id,)
+        )
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def progress(self, session_id: str) -> SessionProgress:
+        with self._lock:
+            n, last = self._db.execute(
+                "SELECT COUNT(*), MAX(frame_index) FROM frames WHERE sid = "
+                "(SELECT sid FROM sessions WHERE session_id = ?)",
+                (session_id,),
+            ).fetchone()
+        return SessionProgress(int(n), -1 if last is None else int(last))
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def has_frame(self, session_id: str, frame_index: int) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM frames WHERE sid = (SELECT sid FROM sessions WHERE session_id = ?) "
+                "AND frame_index = ?",
+                (session_id, frame_index),
+            ).fetchone()
+        return row is not None
+
+    def commit_frame(self, session_id: str, frame: dict, detections: np.ndarray) -> bool:
+        """Store one frame and its detections (rows of ``DETECTION_COLUMNS``) atomically.
+
+        Returns False, storing nothing, if the frame was already stored.
+        """
+        frame_cols = ", ".join(["sid", *FRAME_COLUMNS])
+        frame_marks = ", ".join("?" for _ in range(len(FRAME_COLUMNS) + 1))
+        det_cols = ", ".join(["sid", *DETECTION_COLUMNS])
+        det_marks = ", ".join("?" for _ in range(len(DETECTION_COLUMNS) + 1))
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (sid,) = db.execute("SELECT sid FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+                cur = db.execute(
+                    f"INSERT OR IGNORE INTO frames ({frame_cols}) VALUES ({frame_marks})",
+                    [sid, *(frame[c] for c in FRAME_COLUMNS)],
+                )
+                if cur.rowcount == 0:
+                    db.execute("ROLLBACK")
+                    return False
+                db.executemany(
+                    f"INSERT INTO detections ({det_cols}) VALUES ({det_marks})",
+                    [(sid, *r) for r in detections.tolist()],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return True
+
+    def frames(self, session_id: str, from_frame: int = 0, to_frame: int | None = None) -> pd.DataFrame:
+        """Stored frames with their statistics, by frame index (``to_frame`` inclusive)."""
+        upper = "" if to_frame is None else "AND frame_index <= ?"
+        args = (session_id, from_frame) if to_frame is None else (session_id, from_frame, to_frame)
+        df = self._query(
+            f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = "
+            f"(SELECT sid FROM sessions WHERE session_id = ?) AND frame_index >= ? {upper} "
+            "ORDER BY frame_index",
+            args,
+        )
+        return _frame_types(df)
+
+    def last_frames(self, session_id: str, n: int) -> pd.DataFrame:
+        """The ``n`` most recent frames, oldest first."""
+        df = self._query(
+            f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = "
+            "(SELECT sid FROM sessions WHERE session_id = ?) ORDER BY ordinal DESC LIMIT ?",
+            (session_id, n),
+        )
+        return _frame_types(df.iloc[::-1].reset_index(drop=True))
+
+    def detections(
+        self,
+        session_id: str,
+        from_frame: int = 0,
+        to_frame: int | None = None,
+        track_ids: list[int] | None = None,
+    ) -> pd.DataFrame:
+        """Stored detections ordered by (frame_index, loop_index)."""
+        clauses, args = ["frame_index >= ?"], [session_id, from_frame]
+        if to_frame is not None:
+            clauses.append("frame_index <= ?")
+            args.append(to_frame)
+        if track_ids is not None:
+            clauses.append(f"track_id IN ({', '.join('?' for _ in track_ids)})")
+            args.extend(track_ids)
+        df = self._query(
+            f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections WHERE sid = "
+            f"(SELECT sid FROM sessions WHERE session_id = ?) AND {' AND '.join(clauses)} "
+            "ORDER BY frame_index, loop_index",
+            tuple(args),
+        )
+        for c in ("frame_index", "loop_index", "track_id"):
+            df[c] = df[c].astype("int64")
+        return df
+
+    def max_track_id(self, session_id: str) -> int:
+        """The highest track id of the session, -1 before any detection."""
+        with self._lock:
+            (top,) = self._db.execute(
+                "SELECT MAX(track_id) FROM detections "
+                "WHERE sid = (SELECT sid FROM sessions WHERE session_id = ?)",
+                (session_id,),
+            ).fetchone()
+        return -1 if top is None else int(top)
+
+    def _query(self, sql: str, args: tuple) -> pd.DataFrame:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return pd.DataFrame(rows, columns=names)
+
+
+def _frame_types(df: pd.DataFrame) -> pd.DataFrame:
+    for c in ("frame_index", "ordinal", "width_px", "height_px", "loop_count", "linked_count"):
+        df[c] = df[c].astype("int64")
+    for c in ("model_name", "model_version"):
+        df[c] = df[c].astype(object)
+    return df
