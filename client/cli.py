@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--buffer-frames", type=int, default=int(_env("BUFFER_FRAMES", "16")))
     parser.add_argument("--target-fps", type=float, default=None, help="decimate: frames/s to analyse")
+    parser.add_argument(
+        "--shared-memory",
+        action="store_true",
+        default=_env("SHARED_MEMORY", "") == "1",
+        help="pass frames through system shared memory (only when Triton runs on this host)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     sources = parser.add_subparsers(dest="source", required=True)
     sim = sources.add_parser("simulate", help="a simulated in-situ experiment")
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         policy=Policy(args.policy),
         buffer_frames=args.buffer_frames,
         target_fps=args.target_fps,
+        shared_memory=args.shared_memory,
     )
     try:
         report = stream(MicroscopeSession(endpoints, spec), source, progress=not args.no_progress)

@@ -20,11 +20,20 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loopstream.client.shared_memory import SharedMemorySlots
 from loopstream.client.sources import Frame
 
 log = logging.getLogger(__name__)
 
 INPUT_OF_DTYPE = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT16")}
+
+
+@dataclass
+class _InFlight:
+    frame: Frame
+    sent_s: float
+    attempts: int
+    slot: int | None  # shared-memory slot holding the frame, if any
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class InferenceStream:
         max_in_flight: int = 8,
         reconnect_timeout_s: float = 120.0,
         session_id: str = "",
+        shared_memory: bool = False,
     ) -> None:
         self.url = url
         self.model_name = model_name
@@ -57,8 +67,10 @@ class InferenceStream:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.session_id = session_id
         self.reconnects = 0
+        self.shared_memory = shared_memory
+        self._slots: SharedMemorySlots | None = None  # sized by the first frame
         self._client = triton.InferenceServerClient(url)
-        self._pending: OrderedDict[int, tuple[Frame, float, int]] = OrderedDict()
+        self._pending: OrderedDict[int, _InFlight] = OrderedDict()
         self._cond = threading.Condition()
         self._broken: str | None = None
         self._client.start_stream(callback=self._on_response)
@@ -74,8 +86,9 @@ class InferenceStream:
                     self._reconnect_locked()
                     continue
                 self._cond.wait(0.5)
-            self._pending[frame.index] = (frame, time.monotonic(), 1)
-            self._send(frame)
+            entry = _InFlight(frame, time.monotonic(), 1, self._slot_for(frame.image))
+            self._pending[frame.index] = entry
+            self._send(entry)
 
     def drain(self) -> None:
         """Wait until every submitted frame is answered (reconnecting as often as needed)."""
@@ -92,12 +105,27 @@ class InferenceStream:
             self.drain()
         finally:
             self._client.stop_stream()
+            if self._slots is not None:
+                self._slots.close(self._client)
             self._client.close()
 
-    def _send(self, frame: Frame) -> None:
+    def _slot_for(self, image: np.ndarray) -> int | None:
+        """A shared-memory slot for ``image``, or None to send it in the request body."""
+        if not self.shared_memory:
+            return None
+        if self._slots is None:
+            self._slots = SharedMemorySlots(self.max_in_flight, image.nbytes)
+            self._slots.register(self._client)
+        return self._slots.acquire() if image.nbytes <= self._slots.slot_bytes else None
+
+    def _send(self, entry: _InFlight) -> None:
+        frame = entry.frame
         name, datatype = INPUT_OF_DTYPE[frame.image.dtype.name]
         tensor = triton.InferInput(name, list(frame.image.shape), datatype)
-        tensor.set_data_from_numpy(np.ascontiguousarray(frame.image))
+        if entry.slot is None:
+            tensor.set_data_from_numpy(np.ascontiguousarray(frame.image))
+        else:
+            self._slots.attach(tensor, frame.image, entry.slot)
         self._client.async_stream_infer(
             self.model_name,
             [tensor],
@@ -117,15 +145,20 @@ class InferenceStream:
             if not self._pending:
                 log.error("answer from Triton with no frame waiting for it; ignored")
                 return
-            index, (frame, sent, attempts) = self._pending.popitem(last=False)
+            index, entry = self._pending.popitem(last=False)
             if result is not None and result.get_response().id not in ("", str(index)):
                 log.error("Triton answered frame %s out of order", result.get_response().id)
+            if entry.slot is not None:
+                self._slots.release(entry.slot)
             self._cond.notify_all()
+        frame = entry.frame
         detections = None if result is None else result.as_numpy("DETECTIONS")
         message = (
             None if error is None else f"Triton rejected frame {index} ({frame.origin}): {error.message()}"
         )
-        self.on_result(FrameResult(frame, detections, message, time.monotonic() - sent, attempts))
+        self.on_result(
+            FrameResult(frame, detections, message, time.monotonic() - entry.sent_s, entry.attempts)
+        )
 
     def _reconnect_locked(self) -> None:
         """Reopen the stream once Triton is live, and send every unanswered frame again."""
@@ -153,11 +186,14 @@ class InferenceStream:
         self._client = client
         self._broken = None
         self.reconnects += 1
+        if self._slots is not None:
+            self._slots.register(self._client)  # a restarted server forgot the registration
         self._client.start_stream(callback=self._on_response)
         log.info("reconnected to Triton; resending %d unanswered frames", len(self._pending))
-        for index, (frame, _, attempts) in list(self._pending.items()):
-            self._pending[index] = (frame, time.monotonic(), attempts + 1)
-            self._send(frame)
+        for entry in self._pending.values():
+            entry.sent_s = time.monotonic()
+            entry.attempts += 1
+            self._send(entry)
 
 
 def _bad_frame_message(frame: Frame) -> str:

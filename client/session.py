@@ -39,6 +39,7 @@ class Endpoints:
     policy: Policy = Policy.BLOCK  # when analysis falls behind the camera
     buffer_frames: int = 16  # drop-oldest: frames waiting beyond the in-flight window
     target_fps: float | None = None  # decimate: frames/s of acquisition time to analyse
+    shared_memory: bool = False  # frames through system shared memory (client and Triton on one host)
 
 
 @dataclass
@@ -107,6 +108,7 @@ class MicroscopeSession:
             max_in_flight=endpoints.max_in_flight,
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
             session_id=self.session.session_id,
+            shared_memory=endpoints.shared_memory,
         )
         self._gate = FrameGate(
             self._triton.submit, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps

@@ -91,6 +91,16 @@ class LocalStack:
 
         self.tracker.wait_ready(serving, timeout_s)
 
+    def kill_triton(self) -> None:
+        """SIGKILL tritonserver, as a crash would (failure drills)."""
+        if self.triton is not None:
+            self.triton.kill()
+
+    def kill_tracker(self) -> None:
+        """SIGKILL the tracker, as a crash would (failure drills)."""
+        if self.tracker is not None:
+            self.tracker.kill()
+
     def stop(self) -> None:
         for process in (self.tracker, self.triton):
             if process is not None:

@@ -36,7 +36,11 @@ from loopstream.serving.semantic import SemanticPipelineConfig
 
 FLAVOURS = ("local", "gpu")
 BACKENDS = Path(__file__).resolve().parent / "backends"
-GLUE = {"pipeline": BACKENDS / "semantic_pipeline.py", "core": BACKENDS / "onnx_core.py"}
+GLUE = {
+    "pipeline": BACKENDS / "semantic_pipeline.py",
+    "core": BACKENDS / "onnx_core.py",
+    "noop": BACKENDS / "noop_pipeline.py",
+}
 CORE_INPUT, CORE_OUTPUT = "image", "logits"  # the exported ONNX graph's own tensor names
 
 
@@ -159,6 +163,14 @@ def add_version(
     spec.write(repository / pipeline / str(version) / "pipeline.json")
     write_configs(repository, "local")
     return version
+
+
+def add_noop_pipeline(repository: Path, name: str = "loops_noop") -> str:
+    """A pipeline with the real one's inputs and outputs that finds nothing: for wire benchmarks."""
+    (repository / name / "1").mkdir(parents=True, exist_ok=True)
+    (repository / name / "config.pbtxt").write_text(text_format.MessageToString(pipeline_config(name, [1])))
+    _place_glue(repository / name / "1" / "model.py", GLUE["noop"])
+    return name
 
 
 def build_flavour(source: Path, out: Path, flavour: str) -> Path:

@@ -219,14 +219,16 @@ class SessionSummary(_message.Message):
     def __init__(self, frames: _Optional[int] = ..., mean_loop_count: _Optional[float] = ..., mean_density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., tracks: _Optional[int] = ..., duration_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., drift_rate_x_px_per_frame: _Optional[float] = ..., drift_rate_y_px_per_frame: _Optional[float] = ..., drift_rate_x_nm_per_s: _Optional[float] = ..., drift_rate_y_nm_per_s: _Optional[float] = ..., mean_lifetime_s: _Optional[float] = ..., mean_free_path_nm: _Optional[float] = ..., mean_growth_rate_nm_s: _Optional[float] = ...) -> None: ...
 
 class StatisticsReply(_message.Message):
-    __slots__ = ("session_id", "frames", "summary")
+    __slots__ = ("session_id", "frames", "summary", "window")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frames: _containers.RepeatedCompositeFieldContainer[FrameStatistics]
     summary: SessionSummary
-    def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameStatistics, _Mapping]]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ...) -> None: ...
+    window: SessionSummary
+    def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameStatistics, _Mapping]]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ..., window: _Optional[_Union[SessionSummary, _Mapping]] = ...) -> None: ...
 
 class TrackPoint(_message.Message):
     __slots__ = ("frame_index", "x_px", "y_px", "major_nm", "minor_nm", "timestamp_s", "x_corrected_px", "y_corrected_px")

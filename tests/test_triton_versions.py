@@ -1,0 +1,109 @@
+"""Two versions of a pipeline side by side, changed at run time without a restart."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.repository import PipelineSpec, add_version
+from loopstream.serving.semantic import analyse_frame
+from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
+from loopstream.serving.versions import ready_versions, serve_versions
+from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+
+PIPELINE = "loops_semantic"
+SHIPPED_SPEC = PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json")
+ONNX = REPOSITORY / f"{PIPELINE}_core" / "1" / "model.onnx"
+# Version 2: the same network with a stricter threshold, so the two versions must answer differently.
+SPECS = {1: SHIPPED_SPEC, 2: PipelineSpec(**{**SHIPPED_SPEC.__dict__, "threshold": 0.85})}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("versions")
+    for version, spec in SPECS.items():
+        add_version(root / "repository", PIPELINE, spec, ONNX, version)
+    options = TritonOptions(
+        repository=root / "repository",
+        ports=TritonPorts.ephemeral(),
+        model_control="explicit",
+        load_models=(f"{PIPELINE}_core", PIPELINE),
+    )
+    process = start_triton(options, root / "cache", root / "tritonserver.log")
+    yield options
+    process.stop()
+
+
+def _infer(url: str, frame: np.ndarray, version: str) -> np.ndarray:
+    with triton.InferenceServerClient(url) as client:
+        tensor = triton.InferInput("FRAME_U16", frame.shape, "UINT16")
+        tensor.set_data_from_numpy(frame)
+        return client.infer(PIPELINE, [tensor], model_version=version).as_numpy("DETECTIONS")
+
+
+FRAME = SimulatedMicroscope(SimulationConfig(shape=(512, 512)), seed=9).render(0)
+
+
+def test_each_version_answers_requests_addressed_to_it(server: TritonOptions) -> None:
+    url = f"127.0.0.1:{server.ports.grpc}"
+    model = OnnxModel(ONNX)
+    answers = {v: _infer(url, FRAME, str(v)) for v in SPECS}
+    for version, spec in SPECS.items():
+        expected = analyse_frame(FRAME, model, spec.pipeline_config())
+        assert len(answers[version]) == len(expected), f"version {version} did not run its own settings"
+    assert len(answers[1]) != len(answers[2])
+    latest = _infer(url, FRAME, "")
+    assert len(latest) == len(answers[2]), "an unversioned request goes to the latest version"
+
+
+def test_a_version_unloads_and_reloads_while_the_other_keeps_serving(server: TritonOptions) -> None:
+    url = f"127.0.0.1:{server.ports.grpc}"
+    errors: list[str] = []
+    served = 0
+    stop = threading.Event()
+
+    def keep_using_version_1() -> None:
+        nonlocal served
+        while not stop.is_set():
+            try:
+                _infer(url, FRAME[:256, :256], "1")
+                served += 1
+            except Exception as exc:
+                errors.append(str(exc))
+
+    user = threading.Thread(target=keep_using_version_1)
+    user.start()
+    try:
+        with triton.InferenceServerClient(url) as client:
+            serve_versions(client, PIPELINE, [1])
+            assert ready_versions(client, PIPELINE) == [1]
+            assert ready_versions(client, f"{PIPELINE}_core") == [1]
+            with pytest.raises(Exception, match=r"unavailable|not found|not ready"):
+                _infer(url, FRAME, "2")
+            serve_versions(client, PIPELINE, [1, 2])
+            assert ready_versions(client, PIPELINE) == [1, 2]
+            assert len(_infer(url, FRAME, "2")) > 0
+            with pytest.raises(RuntimeError, match=r"versions \[7\]"):
+                serve_versions(client, PIPELINE, [1, 7])
+            assert ready_versions(client, PIPELINE) == [1, 2], (
+                "a failed change must leave the replica as it was"
+            )
+    finally:
+        stop.set()
+        user.join()
+    assert errors == [] and served > 0
+
+
+def test_metrics_are_labelled_per_version(server: TritonOptions) -> None:
+    _infer(f"127.0.0.1:{server.ports.grpc}", FRAME[:256, :256], "1")
+    _infer(f"127.0.0.1:{server.ports.grpc}", FRAME[:256, :256], "2")
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=5).read().decode()
+    )
+    for version in ("1", "2"):
+        assert f'nv_inference_count{{model="{PIPELINE}",version="{version}"}}' in text
