@@ -7,16 +7,18 @@ client once per microscope PC.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from loopstream.client.backpressure import Policy
 from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
-from loopstream.client.sources import DirectorySource, SimulatorSource, SourceError
+from loopstream.client.sources import Frame, SimulatorSource, SourceError, open_source
 from loopstream.simulator import SimulationConfig
 from loopstream.v1 import tracker_pb2 as pb
 
@@ -61,28 +63,45 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dtype", choices=["uint8", "uint16"], default="uint16")
     sim.add_argument("--fps", type=float, default=0.0, help="replay rate; 0 = as fast as analysed")
     sim.add_argument("--seed", type=int, default=0)
-    folder = sources.add_parser("directory", help="PNG/TIFF images or TIFF stacks in a folder")
-    folder.add_argument("path", type=Path)
-    folder.add_argument("--pixel-size-nm", type=float, required=True)
-    folder.add_argument("--frame-interval-s", type=float, default=1.0)
-    folder.add_argument("--on-error", choices=["stop", "skip"], default="stop", help="on an unreadable file")
+    files = sources.add_parser(
+        "files",
+        help="a file (PNG, TIFF stack, DM3/DM4, EMD, MRC, MP4/AVI), a folder of them, "
+        "or a Gatan in-situ tree (Hour_xx/Minute_xx/Second_xx)",
+    )
+    files.add_argument("path", type=Path)
+    files.add_argument("--pixel-size-nm", type=float, default=None, help="default: from the file's metadata")
+    files.add_argument("--frame-interval-s", type=float, default=1.0, help="when the files carry no times")
+    files.add_argument("--integrate", type=int, default=1, help="average this many consecutive frames")
+    files.add_argument("--on-error", choices=["stop", "skip"], default="stop", help="on an unreadable file")
     return parser
 
 
-def make_source(args: argparse.Namespace) -> tuple[SimulatorSource | DirectorySource, float, float]:
-    """The source, its pixel size (nm) and its frame rate (Hz)."""
+def make_source(args: argparse.Namespace) -> tuple[Iterable[Frame], int, float, float]:
+    """The frames, their count (for progress), pixel size (nm) and frame rate (Hz)."""
     if args.source == "simulate":
         config = SimulationConfig(shape=(args.size, args.size), dtype=args.dtype, n_frames=args.frames)
-        return SimulatorSource(config, args.seed, fps=args.fps), config.pixel_size_nm, config.frame_rate_hz
-    source = DirectorySource(args.path, args.frame_interval_s, args.on_error)
-    return source, args.pixel_size_nm, 1.0 / args.frame_interval_s
+        source = SimulatorSource(config, args.seed, fps=args.fps)
+        return source, len(source), config.pixel_size_nm, config.frame_rate_hz
+    source = open_source(
+        args.path, frame_interval_s=args.frame_interval_s, on_error=args.on_error, integrate=args.integrate
+    )
+    frames = iter(source)
+    first = next(frames, None)
+    if first is None:
+        raise SourceError(f"{args.path} holds no frames")
+    pixel_size_nm = args.pixel_size_nm or first.pixel_size_nm
+    if not pixel_size_nm:
+        raise SourceError(f"{args.path} does not record its pixel size: pass --pixel-size-nm")
+    return itertools.chain([first], frames), len(source), pixel_size_nm, 1.0 / args.frame_interval_s
 
 
-def stream(session: MicroscopeSession, source, progress: bool = True) -> SessionReport:
-    """Submit every frame of ``source``, showing frames/s, loops per frame and frames not yet stored."""
+def stream(
+    session: MicroscopeSession, frames: Iterable[Frame], total: int | None = None, progress: bool = True
+) -> SessionReport:
+    """Submit every frame, showing frames/s, loops per frame and frames not yet stored."""
     report = session.report
-    with tqdm(total=len(source), unit="frame", disable=not progress, file=sys.stderr) as bar:
-        for frame in source:
+    with tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr) as bar:
+        for frame in frames:
             session.submit(frame)
             bar.update(1)
             bar.set_postfix(
@@ -99,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        source, pixel_size_nm, frame_rate_hz = make_source(args)
+        frames, total, pixel_size_nm, frame_rate_hz = make_source(args)
     except SourceError as exc:
         print(f"loopstream-client: {exc}", file=sys.stderr)
         return 2
@@ -122,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         shared_memory=args.shared_memory,
     )
     try:
-        report = stream(MicroscopeSession(endpoints, spec), source, progress=not args.no_progress)
+        report = stream(MicroscopeSession(endpoints, spec), frames, total, progress=not args.no_progress)
     except (ConnectionError, PermissionError, SourceError) as exc:
         print(f"loopstream-client: {exc}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ from loopstream.client.formats import (
     read_images,
     read_planes,
 )
-from loopstream.client.integration import IntegratedSource, Mode
+from loopstream.client.integration import IntegratedSource
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 __all__ = [
@@ -93,8 +93,9 @@ class SimulatorSource:
 class FileSource:
     """Every plane of the given files, in that order; the common ground of the file-based sources.
 
-    Timestamps come from the files when they record acquisition times (DM, Velox EMD, video frame
-    rate), counted from the first such time of the run; otherwise frame index x ``frame_interval_s``.
+    Timestamps come from the files when they record acquisition times (DM, EMD, video frame rate),
+    counted from the run's first frame; otherwise (or if that frame has none) frame index x
+    ``frame_interval_s``.
     """
 
     def __init__(self, paths: Sequence[Path], frame_interval_s: float = 1.0, on_error: str = "stop") -> None:
@@ -115,7 +116,7 @@ class FileSource:
         for path in self.paths:
             try:
                 for plane in read_planes(path):
-                    if first_time_s is None:
+                    if index == 0:  # the run's first frame picks the clock, so time never runs backwards
                         first_time_s = plane.time_s
                     yield Frame(
                         index,
@@ -183,14 +184,12 @@ def open_source(
     frame_interval_s: float = 1.0,
     on_error: str = "stop",
     integrate: int = 1,
-    integration: Mode = "sum",
 ) -> FileSource | IntegratedSource:
     """The source for ``path``, chosen by its suffix or folder layout.
 
     A file of a supported format gives its planes; a folder with ``Hour_xx`` sub-folders is a Gatan
     in-situ recording; any other folder gives its image files in name order. ``integrate`` > 1 sums
-    (or averages, ``integration="mean"``) that many consecutive frames into one; see
-    :mod:`loopstream.client.integration` for the dtypes.
+    averages that many consecutive frames into one (:mod:`loopstream.client.integration`).
     """
     if path.is_dir():
         source: FileSource = (
@@ -208,7 +207,7 @@ def open_source(
             f"{', '.join(SUPPORTED_SUFFIXES)}, a folder of {'/'.join(IMAGE_SUFFIXES)} files, "
             "or a Gatan in-situ folder (Hour_xx/Minute_xx/Second_xx)"
         )
-    return source if integrate == 1 else IntegratedSource(source, integrate, integration)
+    return source if integrate == 1 else IntegratedSource(source, integrate)
 
 
 def _natural_key(text: str) -> tuple[tuple[int, int | str], ...]:

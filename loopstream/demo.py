@@ -70,7 +70,7 @@ def run_session(stack: LocalStack, spec: pb.SessionSpec, source, every: int) -> 
     )
     watcher.start()
     try:
-        return stream(session, source)
+        return stream(session, source, len(source))
     finally:
         stop.set()
         watcher.join(5)

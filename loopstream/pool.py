@@ -8,8 +8,9 @@ a session assigned to it must find it whichever replica its stream lands on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import tritonclient.grpc as triton
 from kubernetes import client as k8s
@@ -19,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from loopstream.serving.versions import ready_versions, serve_versions
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+T = TypeVar("T")
 
 
 class PoolError(RuntimeError):
@@ -44,7 +46,9 @@ def static_replicas(spec: str) -> list[str]:
     return replicas
 
 
-def replicas_from_endpoint_slices(slices: Iterable[k8s.V1EndpointSlice], port_name: str = "grpc") -> list[str]:
+def replicas_from_endpoint_slices(
+    slices: Iterable[k8s.V1EndpointSlice], port_name: str = "grpc"
+) -> list[str]:
     """``host:port`` of every ready endpoint in a Service's EndpointSlices, on the named port.
 
     An endpoint whose readiness is unknown counts as ready (the API's documented reading);
@@ -77,7 +81,9 @@ def discover_replicas(service: str, namespace: str, port_name: str = "grpc") -> 
     )
     replicas = replicas_from_endpoint_slices(listing.items, port_name)
     if not replicas:
-        raise PoolError("discovery", {f"{namespace}/{service}": f"no ready endpoint with a {port_name!r} port"})
+        raise PoolError(
+            "discovery", {f"{namespace}/{service}": f"no ready endpoint with a {port_name!r} port"}
+        )
     return replicas
 
 
@@ -96,21 +102,20 @@ def _add_version(replica: str, pipeline: str, version: int) -> None:
             raise RuntimeError(f"version {version} not READY after loading (READY: {now})")
 
 
-def _on_every_replica(replicas: list[str], action: str, task) -> dict[str, object]:
-    """Run ``task(replica)`` on all replicas at once; raise PoolError naming each failure."""
-    if not replicas:
-        raise PoolError(action, {"(pool)": "no replicas"})
-    with ThreadPoolExecutor(max_workers=len(replicas)) as executor:
+def _on_every_replica(replicas: list[str], task: Callable[[str], T]) -> tuple[dict[str, T], dict[str, str]]:
+    """Run ``task(replica)`` on all replicas at once: (results, reasons of the failures)."""
+    results: dict[str, T] = {}
+    failures: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(len(replicas), 1)) as executor:
         futures = {replica: executor.submit(task, replica) for replica in replicas}
-    results, failures = {}, {}
     for replica, future in futures.items():
         try:
             results[replica] = future.result()
-        except (InferenceServerException, RuntimeError, ValueError) as exc:
-            failures[replica] = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
-    if failures:
-        raise PoolError(action, failures)
-    return results
+        except InferenceServerException as exc:  # unreachable, or the server refused
+            failures[replica] = exc.message()
+        except RuntimeError as exc:  # serve_versions: the version did not load
+            failures[replica] = str(exc)
+    return results, failures
 
 
 def load_everywhere(replicas: list[str], pipeline: str, version: int) -> None:
@@ -120,13 +125,19 @@ def load_everywhere(replicas: list[str], pipeline: str, version: int) -> None:
     replicas that failed; replicas that succeeded keep the extra version (harmless: no session
     is assigned to it until this returns, which is the caller's rule).
     """
-    _on_every_replica(replicas, f"loading {pipeline} version {version}", lambda r: _add_version(r, pipeline, version))
+    action = f"loading {pipeline} version {version}"
+    if not replicas:
+        raise PoolError(action, {"(pool)": "no replicas given"})
+    _, failures = _on_every_replica(replicas, lambda replica: _add_version(replica, pipeline, version))
+    if failures:
+        raise PoolError(action, failures)
 
 
-def missing_everywhere(replicas: list[str], pipeline: str, version: int) -> dict[str, str]:
-    """Replicas that do not serve ``version`` READY, each with why: the guard before a policy change."""
-    try:
-        served = _on_every_replica(replicas, "checking", lambda r: served_versions(r, pipeline))
-    except PoolError as exc:
-        return exc.failures
-    return {r: f"serves {v}, not {version}" for r, v in served.items() if version not in v}
+def missing_everywhere(replicas: list[str], pipeline: str, versions: list[int]) -> dict[str, str]:
+    """Replicas that lack any of ``versions`` READY, each with why: the guard before a policy change."""
+    if not replicas:
+        return {"(pool)": "no replicas given"}
+    served, failures = _on_every_replica(replicas, lambda replica: served_versions(replica, pipeline))
+    lacking = {r: sorted(set(versions) - set(v)) for r, v in served.items()}
+    missing = {r: f"serves versions {served[r]}, lacks {lack}" for r, lack in lacking.items() if lack}
+    return {**failures, **missing}

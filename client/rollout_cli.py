@@ -1,0 +1,226 @@
+"""``loopstream-rollout``: try a pipeline version on part of the sessions, then promote or roll back.
+
+Policy commands rewrite the A/B policy file the tracker reloads (``--policy-file``; in a cluster,
+the file mounted from the ConfigMap). A version enters the policy only once every Triton replica
+serves it (``load`` first), so no session is ever assigned a version its replica lacks.
+Every flag has an environment variable (LOOPSTREAM_<FLAG>).
+
+Example::
+
+    loopstream-rollout --replicas 10.0.0.1:8001,10.0.0.2:8001 load 2
+    loopstream-rollout set-weights 1=0.9 2=0.1 --shadow 2=0.05
+    loopstream-rollout compare --stats arms.csv
+    loopstream-rollout promote 2        # or: rollback 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tritonclient.utils import InferenceServerException
+
+from loopstream.pool import (
+    PoolError,
+    discover_replicas,
+    load_everywhere,
+    missing_everywhere,
+    served_versions,
+    static_replicas,
+)
+from loopstream.tracker.rollout import (
+    Policy,
+    PolicyFile,
+    Shadow,
+    promote,
+    rollback,
+    with_weights,
+    write_policy,
+)
+
+ARM_STATISTICS = [
+    "arm_version",
+    "sessions",
+    "frames",
+    "loops_per_frame",
+    "mean_major_nm",
+    "latency_p50_s",
+    "shadow_f1",
+]
+COMPARED = ["loops_per_frame", "mean_major_nm", "latency_p50_s", "shadow_f1"]
+
+
+def compare_arms(stats: pd.DataFrame, control: str) -> pd.DataFrame:
+    """Per-arm statistics (one row per arm, columns ARM_STATISTICS) with differences vs ``control``.
+
+    Adds ``<metric>_diff`` (arm minus control) and ``<metric>_rel_pct`` (relative to control).
+
+    >>> stats = pd.DataFrame({"arm_version": ["1", "2"], "sessions": [9, 1], "frames": [900, 100],
+    ...     "loops_per_frame": [20.0, 22.0], "mean_major_nm": [10.0, 9.0],
+    ...     "latency_p50_s": [0.1, 0.1], "shadow_f1": [0.95, float("nan")]})
+    >>> compare_arms(stats, "1").loc["2", ["loops_per_frame_diff", "mean_major_nm_rel_pct"]].tolist()
+    [2.0, -10.0]
+    """
+    missing = sorted(set(ARM_STATISTICS) - set(stats.columns))
+    if missing:
+        raise ValueError(f"arm statistics lack columns {missing}")
+    table = stats[ARM_STATISTICS].astype({"arm_version": str}).set_index("arm_version")
+    if control not in table.index:
+        raise ValueError(f"control arm {control!r} has no statistics (arms: {list(table.index)})")
+    base = table.loc[control, COMPARED]
+    for metric in COMPARED:
+        table[f"{metric}_diff"] = table[metric] - base[metric]
+        table[f"{metric}_rel_pct"] = 100 * table[f"{metric}_diff"] / base[metric]
+    return table
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"LOOPSTREAM_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loopstream-rollout", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--policy-file", type=Path, default=_env("POLICY_FILE"), help="the A/B policy JSON the tracker reads"
+    )
+    parser.add_argument("--replicas", default=_env("TRITON_REPLICAS"), help="Triton gRPC host:port,...")
+    parser.add_argument(
+        "--triton-service",
+        default=_env("TRITON_SERVICE"),
+        help="Kubernetes headless Service of the Triton pool (instead of --replicas)",
+    )
+    parser.add_argument("--namespace", default=_env("NAMESPACE", "default"), help="its namespace")
+    parser.add_argument(
+        "--grpc-port-name", default=_env("GRPC_PORT_NAME", "grpc"), help="its gRPC port's name"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="the policy, and the versions each replica serves")
+    load = commands.add_parser("load", help="load a version on every replica, keeping the others")
+    load.add_argument("version", type=int)
+    weights = commands.add_parser("set-weights", help="shares of new sessions, e.g. 1=0.9 2=0.1")
+    weights.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+    weights.add_argument(
+        "--shadow", metavar="VERSION=FRACTION|off", help="shadow a candidate (default: keep)"
+    )
+    for name, text in (
+        ("promote", "all new sessions on VERSION"),
+        ("rollback", "all new sessions back on VERSION"),
+    ):
+        commands.add_parser(name, help=text).add_argument("version", type=int)
+    compare = commands.add_parser("compare", help="per-arm statistics against the control arm")
+    compare.add_argument(
+        "--stats",
+        type=Path,
+        required=True,
+        help=f"CSV of per-arm statistics, columns {','.join(ARM_STATISTICS)}",
+    )
+    compare.add_argument("--control", help="control arm (default: the policy's largest share)")
+    return parser
+
+
+def _pairs(items: list[str]) -> dict[str, float]:
+    pairs = {}
+    for item in items:
+        version, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not VERSION=NUMBER")
+        pairs[version.strip()] = float(value)
+    return pairs
+
+
+def _replicas(args: argparse.Namespace) -> list[str]:
+    if args.replicas:
+        return static_replicas(args.replicas)
+    if args.triton_service:
+        return discover_replicas(args.triton_service, args.namespace, args.grpc_port_name)
+    raise ValueError("give the Triton pool: --replicas host:port,... or --triton-service NAME")
+
+
+def _policy_file(args: argparse.Namespace) -> Path:
+    if args.policy_file is None:
+        raise ValueError("give --policy-file (or LOOPSTREAM_POLICY_FILE)")
+    return args.policy_file
+
+
+def _new_policy(args: argparse.Namespace, policy: Policy) -> Policy:
+    if args.command == "promote":
+        return promote(policy, str(args.version))
+    if args.command == "rollback":
+        return rollback(policy, str(args.version))
+    new = with_weights(policy, _pairs(args.weights))
+    if args.shadow == "off":
+        return Policy(new.pipeline, new.arms)
+    if args.shadow:
+        ((version, fraction),) = _pairs([args.shadow]).items()
+        return Policy(new.pipeline, new.arms, Shadow(version, fraction))
+    return new
+
+
+def _change_policy(args: argparse.Namespace) -> int:
+    path = _policy_file(args)
+    policy = PolicyFile(path).current()
+    new = _new_policy(args, policy)
+    replicas = _replicas(args)
+    missing = missing_everywhere(replicas, new.pipeline, [int(v) for v in new.versions])
+    if missing:
+        reasons = "\n".join(f"  {replica}: {reason}" for replica, reason in sorted(missing.items()))
+        print(
+            f"refused: the new policy needs versions {new.versions} of {new.pipeline} READY on every "
+            f"replica (load them first: loopstream-rollout load VERSION):\n{reasons}",
+            file=sys.stderr,
+        )
+        return 1
+    write_policy(path, new)
+    print(f"{path}: {policy.to_dict()} -> {new.to_dict()} (new sessions only)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    policy = PolicyFile(_policy_file(args)).current()
+    print(f"pipeline {policy.pipeline}, control arm {policy.control}")
+    for version, weight in policy.arms.items():
+        print(f"  arm {version}: {100 * weight:.1f} % of new sessions")
+    if policy.shadow:
+        print(f"  shadow {policy.shadow.version}: {100 * policy.shadow.fraction:.1f} % of frames")
+    if args.replicas or args.triton_service:
+        for replica in _replicas(args):
+            try:
+                print(f"  replica {replica}: serves {served_versions(replica, policy.pipeline)}")
+            except InferenceServerException as exc:  # a status report lists a dead replica, and goes on
+                print(f"  replica {replica}: unreachable ({exc.message()})")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    policy = PolicyFile(_policy_file(args)).current()
+    replicas = _replicas(args)
+    load_everywhere(replicas, policy.pipeline, args.version)
+    print(f"version {args.version} of {policy.pipeline} READY on {len(replicas)} replica(s): {replicas}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    control = args.control
+    if control is None:
+        control = PolicyFile(_policy_file(args)).current().control
+    table = compare_arms(pd.read_csv(args.stats), control)
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(f"arms against control arm {control}:\n{table.round(4).to_string()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"status": _status, "load": _load, "compare": _compare}
+    try:
+        return handlers.get(args.command, _change_policy)(args)
+    except (ValueError, OSError, PoolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
