@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/bench_tracker.py [--quick]
 
-Rows:
+Columns:
 * link + drift: ``SessionLinker`` and ``DriftEstimator`` alone (the online tracking itself);
 * engine: validation, linking, drift, statistics and the SQLite commit, with ``--sync full``
   (fsync per frame) and ``--sync normal`` (WAL without fsync: survives tracker crashes only);
-* gRPC: the same through ``StreamDetections`` on 127.0.0.1, one ack per frame.
+* gRPC: the same through ``StreamDetections`` on 127.0.0.1 (``--sync full``), one ack per frame,
+  with one stream and with four concurrent sessions (client threads in the same process).
 Then a long run at 30 fps (simulated time) through the engine, with the resident set size at
 checkpoints: bounded memory means the RSS stops growing while the store on disk grows.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -106,20 +108,33 @@ def engine_run(engine: TrackerEngine, frames, size_px: int, on_checkpoint=None, 
     return n / (time.perf_counter() - started)
 
 
-def grpc_run(db: Path, frames: list[pd.DataFrame], size_px: int) -> float:
+def grpc_run(db: Path, frames: list[pd.DataFrame], size_px: int, sessions: int = 1) -> float:
+    """Total frames/s of ``sessions`` concurrent streams (one session each) into one tracker."""
     running = serve(ServerConfig(db=db, port=0, metrics_port=-1))
     client = TrackerClient(f"127.0.0.1:{running.port}")
     try:
-        sid = client.OpenSession(pb.SessionSpec(**_spec())).session_id
-        messages = [frame_message(sid, t, t / FPS, f, size_px, size_px) for t, f in enumerate(frames)]
+        streams = []
+        for _ in range(sessions):
+            sid = client.OpenSession(pb.SessionSpec(**_spec())).session_id
+            streams.append(
+                [frame_message(sid, t, t / FPS, f, size_px, size_px) for t, f in enumerate(frames)]
+            )
+        acks: list[list] = [[] for _ in streams]
+        threads = [
+            threading.Thread(target=lambda out, msgs: out.extend(client.stream(msgs)), args=(out, msgs))
+            for out, msgs in zip(acks, streams, strict=True)
+        ]
         started = time.perf_counter()
-        acks = list(client.stream(messages))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.perf_counter() - started
-        assert all(a.accepted for a in acks)
+        assert all(a.accepted for out in acks for a in out) and sum(map(len, acks)) == sessions * len(frames)
     finally:
         client.close()
         running.stop(0.5)
-    return len(frames) / elapsed
+    return sessions * len(frames) / elapsed
 
 
 def rss_mib() -> float:
@@ -151,16 +166,18 @@ def main() -> None:
         with Store(tmp / f"normal{loops}.db", "NORMAL") as store:
             normal = engine_run(TrackerEngine(store), frames, size_px)
         wire = grpc_run(tmp / f"grpc{loops}.db", frames, size_px)
-        rows.append((loops, mean_loops, link, engine, normal, wire))
+        wire4 = grpc_run(tmp / f"grpc4x{loops}.db", frames, size_px, sessions=4)
+        rows.append((loops, mean_loops, link, engine, normal, wire, wire4))
 
-    print(f"\n### Tracker throughput ({n_frames} frames per row, one session, frames/s)\n")
+    print(f"\n### Tracker throughput ({n_frames} frames per session, frames/s)\n")
     print(
         "| loops/frame (target) | mean loops/frame | link + drift | engine, --sync full "
-        "| engine, --sync normal | gRPC stream, --sync full |"
+        "| engine, --sync normal | gRPC, 1 stream | gRPC, 4 streams (total) |"
     )
-    print("|---|---|---|---|---|---|")
-    for loops, mean_loops, link, engine, normal, wire in rows:
-        print(f"| {loops} | {mean_loops:.0f} | {link:.0f} | {engine:.0f} | {normal:.0f} | {wire:.0f} |")
+    print("|---|---|---|---|---|---|---|")
+    for loops, mean_loops, link, engine, normal, wire, wire4 in rows:
+        rates = " | ".join(f"{r:.0f}" for r in (mean_loops, link, engine, normal, wire, wire4))
+        print(f"| {loops} | {rates} |")
 
     hour = args.hour_frames or (600 if args.quick else int(6 * 60 * FPS))
     pop = Population(200, hour, 2048, seed=1)

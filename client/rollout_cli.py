@@ -50,7 +50,8 @@ ARM_STATISTICS = [
     "latency_p50_s",
     "shadow_f1",
 ]
-COMPARED = ["loops_per_frame", "mean_major_nm", "latency_p50_s", "shadow_f1"]
+# shadow_f1 is shown, not differenced: only sessions off the candidate shadow, so it has no control value.
+COMPARED = ["loops_per_frame", "mean_major_nm", "latency_p50_s"]
 
 
 def compare_arms(stats: pd.DataFrame, control: str) -> pd.DataFrame:
@@ -75,6 +76,20 @@ def compare_arms(stats: pd.DataFrame, control: str) -> pd.DataFrame:
         table[f"{metric}_diff"] = table[metric] - base[metric]
         table[f"{metric}_rel_pct"] = 100 * table[f"{metric}_diff"] / base[metric]
     return table
+
+
+def format_comparison(table: pd.DataFrame, control: str) -> str:
+    """The comparison as a terminal table: each metric, then (arm minus control, relative) for other arms."""
+    rows = {}
+    for arm, row in table.iterrows():
+        cells = {"sessions": f"{row['sessions']:.0f}", "frames": f"{row['frames']:.0f}"}
+        for metric in COMPARED:
+            cells[metric] = f"{row[metric]:.4g}"
+            if arm != control:
+                cells[metric] += f" ({row[f'{metric}_diff']:+.3g}, {row[f'{metric}_rel_pct']:+.1f} %)"
+        cells["shadow_f1"] = f"{row['shadow_f1']:.3f}"
+        rows[f"{arm} (control)" if arm == control else arm] = cells
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm").to_string()
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -206,9 +221,7 @@ def _compare(args: argparse.Namespace) -> int:
     control = args.control
     if control is None:
         control = PolicyFile(_policy_file(args)).current().control
-    table = compare_arms(pd.read_csv(args.stats), control)
-    with pd.option_context("display.width", 200, "display.max_columns", None):
-        print(f"arms against control arm {control}:\n{table.round(4).to_string()}")
+    print(format_comparison(compare_arms(pd.read_csv(args.stats), control), control))
     return 0
 
 

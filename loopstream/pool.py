@@ -29,7 +29,7 @@ class PoolError(RuntimeError):
     def __init__(self, action: str, failures: dict[str, str]) -> None:
         self.failures = failures
         lines = "\n".join(f"  {replica}: {reason}" for replica, reason in sorted(failures.items()))
-        super().__init__(f"{action} failed on {len(failures)} replica(s):\n{lines}")
+        super().__init__(f"{action} failed:\n{lines}")
 
 
 def static_replicas(spec: str) -> list[str]:
@@ -72,18 +72,20 @@ def replicas_from_endpoint_slices(
 
 def discover_replicas(service: str, namespace: str, port_name: str = "grpc") -> list[str]:
     """Ready replicas of a headless Service, from the Kubernetes API (in-cluster or kubeconfig)."""
+    where = f"{namespace}/{service}"
     try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    listing = k8s.DiscoveryV1Api().list_namespaced_endpoint_slice(
-        namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
-    )
+        try:
+            k8s_config.load_incluster_config()
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()
+        listing = k8s.DiscoveryV1Api().list_namespaced_endpoint_slice(
+            namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
+        )
+    except (k8s_config.ConfigException, k8s.ApiException) as exc:
+        raise PoolError("discovery", {where: f"cannot list EndpointSlices: {exc}"}) from exc
     replicas = replicas_from_endpoint_slices(listing.items, port_name)
     if not replicas:
-        raise PoolError(
-            "discovery", {f"{namespace}/{service}": f"no ready endpoint with a {port_name!r} port"}
-        )
+        raise PoolError("discovery", {where: f"no ready endpoint with a {port_name!r} port"})
     return replicas
 
 
@@ -95,11 +97,10 @@ def served_versions(replica: str, pipeline: str) -> list[int]:
 
 def _add_version(replica: str, pipeline: str, version: int) -> None:
     with triton.InferenceServerClient(replica) as client:
-        before = ready_versions(client, pipeline)
-        serve_versions(client, pipeline, sorted({*before, version}))
-        now = ready_versions(client, pipeline)
-        if version not in now:
-            raise RuntimeError(f"version {version} not READY after loading (READY: {now})")
+        serve_versions(client, pipeline, sorted({*ready_versions(client, pipeline), version}))
+        for model in (pipeline, f"{pipeline}_core"):  # the pipeline calls its core at the same version
+            if version not in ready_versions(client, model):
+                raise RuntimeError(f"{model} version {version} is not READY after loading")
 
 
 def _on_every_replica(replicas: list[str], task: Callable[[str], T]) -> tuple[dict[str, T], dict[str, str]]:

@@ -116,10 +116,20 @@ def test_sigterm_finishes_commits_and_exits_cleanly(tmp_path):
     db = tmp_path / "tracker.db"
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    args = ["--port", "0", "--metrics-port", "0", "--db", str(db), "--token-file", str(token_file)]
+    policy = tmp_path / "ab-policy.json"
+    policy.write_text('{"pipeline": "loops_semantic", "arms": {"2": 1.0}}')
+    args = [
+        "--port=0",
+        "--metrics-port=0",
+        f"--db={db}",
+        f"--token-file={token_file}",
+        f"--ab-policy={policy}",
+    ]
     proc, port, log = start(tmp_path, args, {})
     client = TrackerClient(f"127.0.0.1:{port}", TOKEN)
-    sid = client.OpenSession(SPEC).session_id
+    session = client.OpenSession(SPEC)
+    assert (session.model_name, session.model_version) == ("loops_semantic", "2")
+    sid = session.session_id
     acks, stopped_at = [], None
     try:
         for ack in client.stream(messages(sid, pause_s=0.01)):

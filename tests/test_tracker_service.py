@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+import shutil
+import subprocess
 import threading
 import urllib.request
 import uuid
@@ -108,10 +111,10 @@ def test_open_stream_statistics_and_idempotent_resend(client):
     ]
     assert client.GetSession(pb.SessionRef(session_id=sid)).frames_stored == 20
     assert client.GetStatistics(pb.StatisticsRequest(session_id=sid)) == stats
-    assert (
-        client.GetStatistics(pb.StatisticsRequest(session_id=sid, from_frame=5, to_frame=7)).frames
-        == stats.frames[5:8]
-    )
+    window = client.GetStatistics(pb.StatisticsRequest(session_id=sid, from_frame=5, to_frame=7))
+    assert window.frames == stats.frames[5:8] and window.summary == stats.summary
+    assert window.window.frames == 3 and window.window.duration_s == pytest.approx(0.2)
+    assert window.window.mean_loop_count == pytest.approx(np.mean([f.loop_count for f in stats.frames[5:8]]))
 
 
 def test_bad_input_is_rejected_clearly_and_the_stream_goes_on(client):
@@ -226,12 +229,19 @@ def test_tracks_export_watch_and_metrics(tracker, client):
     )
     assert {"track_id", "x_corrected_px", "frame_index", "major_px"} <= set(detections.columns)
     assert len(pd.read_csv(io.BytesIO(files["frame_statistics.csv"].content))) == 15
-    for name in (
-        "density_size_vs_time.png",
-        "density_size_vs_fluence.png",
-        "size_histogram.png",
-        "tracks.png",
-    ):
+    meta = json.loads(files["session.json"].content, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert meta["session_id"] == sid and meta["summary"]["frames"] == 15
+    for table in ("detections", "tracks", "frame_statistics", "size_histogram", "lifetime_histogram"):
+        parquet = pd.read_parquet(io.BytesIO(files[f"{table}.parquet"].content))
+        assert parquet.to_csv(index=False).encode() == files[f"{table}.csv"].content
+    pngs = [
+        "density_size_vs_time",
+        "density_size_vs_fluence",
+        "size_histogram",
+        "lifetime_histogram",
+        "tracks",
+    ]
+    for name in (f"{p}.png" for p in pngs):
         assert files[name].content.startswith(b"\x89PNG") and files[name].media_type == "image/png"
 
     client.CloseSession(pb.SessionRef(session_id=sid))
@@ -242,7 +252,57 @@ def test_tracks_export_watch_and_metrics(tracker, client):
     text = (
         urllib.request.urlopen(f"http://127.0.0.1:{tracker.metrics_port}/metrics", timeout=5).read().decode()
     )
-    assert 'loopstream_tracker_frames_total{outcome="accepted"} 15.0' in text
+    assert 'loopstream_tracker_frames_total{arm="3",microscope="jannus-1",outcome="accepted"} 15.0' in text
+    loops = sum(len(message(sid, i).loops) for i in range(15))
+    assert f'loopstream_tracker_detections_total{{arm="3",microscope="jannus-1"}} {loops:.1f}' in text
     assert "loopstream_tracker_open_sessions 0.0" in text
     assert "loopstream_tracker_store_commit_seconds_count 15.0" in text
     assert "loopstream_tracker_frames_per_second 1.5" in text
+
+
+def test_sessions_get_their_model_from_the_ab_policy(tmp_path):
+    policy = tmp_path / "ab-policy.json"
+    policy.write_text('{"pipeline": "loops_semantic", "arms": {"4": 0.5, "5": 0.5}}')
+    running = serve(ServerConfig(db=tmp_path / "t.db", port=0, metrics_port=-1, ab_policy=str(policy)))
+    client = TrackerClient(f"127.0.0.1:{running.port}")
+    try:
+        spec = pb.SessionSpec(pixel_size_nm=0.5, frame_rate_hz=10.0)
+        sessions = [client.OpenSession(spec) for _ in range(20)]
+        assert {s.model_name for s in sessions} == {"loops_semantic"}
+        assert {s.model_version for s in sessions} == {"4", "5"}
+        for s in sessions:
+            assert client.GetSession(pb.SessionRef(session_id=s.session_id)).model_version == s.model_version
+        policy.write_text('{"pipeline": "loops_semantic", "arms": {"6": 1.0}}')  # promote, no restart
+        assert client.OpenSession(spec).model_version == "6"
+        assert client.GetSession(pb.SessionRef(session_id=sessions[0].session_id)).model_version in {"4", "5"}
+    finally:
+        client.close()
+        running.stop(0.5)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls_with_token(tmp_path):
+    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    running = serve(
+        ServerConfig(
+            db=tmp_path / "t.db", port=0, metrics_port=-1, token=TOKEN, tls_cert=str(cert), tls_key=str(key)
+        )
+    )
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        client = TrackerClient(f"127.0.0.1:{running.port}", TOKEN, credentials)
+        assert client.ListSessions(pb.ListSessionsRequest()).sessions == []
+        client.close()
+        plain = TrackerClient(f"127.0.0.1:{running.port}", TOKEN)
+        with pytest.raises(grpc.RpcError) as e:
+            plain.ListSessions(pb.ListSessionsRequest(), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        plain.close()
+    finally:
+        running.stop(0.5)

@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
         help="Triton model version; empty = latest",
     )
     p.add_argument(
+        "--ab-policy",
+        default=_env("ab_policy", None),
+        help='A/B policy JSON {"pipeline": NAME, "arms": {VERSION: WEIGHT}}, '
+        "see loopstream.tracker.rollout; re-read on change; overrides --default-model*",
+    )
+    p.add_argument(
         "--search-range-nm",
         type=float,
         default=float(_env("search_range_nm", d.search_range_nm)),
@@ -106,7 +112,13 @@ def parser() -> argparse.ArgumentParser:
         default=int(_env("memory_frames", d.memory_frames)),
         help="default number of frames a vanished loop is remembered",
     )
-    p.add_argument("--log-level", default=_env("log_level", "info"), help="debug, info, warning or error")
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        default=_env("log_level", "info"),
+        help="least severe level logged",
+    )
     return p
 
 
@@ -130,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         synchronous=args.sync.upper(),
+        ab_policy=args.ab_policy,
         defaults=Defaults(
             args.default_model, args.default_model_version, args.search_range_nm, args.memory_frames
         ),

@@ -7,6 +7,7 @@ frame after a start, and thrown away if a commit fails, so memory and store neve
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +22,8 @@ from loopstream.tracker.drift import DriftEstimator, predicted_drift
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.store import Store
 from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, frame_problem
+
+log = logging.getLogger("loopstream.tracker")
 
 
 class SessionNotFound(KeyError):
@@ -44,6 +47,7 @@ class IngestResult:
     accepted: bool
     duplicate: bool = False
     error: str = ""
+    microscope_id: str = ""  # of the session, when known (metrics labels)
 
 
 @dataclass
@@ -60,10 +64,15 @@ class _Live:
 
 class TrackerEngine:
     def __init__(
-        self, store: Store, defaults: Defaults | None = None, on_commit: Callable[[float], None] | None = None
+        self,
+        store: Store,
+        defaults: Defaults | None = None,
+        on_commit: Callable[[float], None] | None = None,
+        model_for: Callable[[str], tuple[str, str]] | None = None,
     ) -> None:
         self.store = store
         self.defaults = defaults or Defaults()
+        self.model_for = model_for  # session id -> (model name, version), e.g. an A/B policy
         self.on_commit = on_commit  # metrics hook: seconds one frame's transaction took
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
@@ -79,22 +88,29 @@ class TrackerEngine:
             raise ValueError(problem)
         d = self.defaults
         memory = spec.get("memory_frames", 0)
+        session_id = str(uuid.uuid4())
+        model_name, model_version = (
+            self.model_for(session_id) if self.model_for else (d.model_name, d.model_version)
+        )
         session = {
-            "session_id": str(uuid.uuid4()),
+            "session_id": session_id,
             "microscope_id": spec.get("microscope_id", ""),
             "sample": spec.get("sample", ""),
             "pixel_size_nm": float(spec["pixel_size_nm"]),
             "frame_rate_hz": float(spec["frame_rate_hz"]),
             "dose_rate_ions_cm2_s": float(spec.get("dose_rate_ions_cm2_s", 0.0)),
             "model_family": int(spec.get("model_family", 0)),
-            "model_name": d.model_name,
-            "model_version": d.model_version,
+            "model_name": model_name,
+            "model_version": model_version,
             "search_range_nm": float(spec.get("search_range_nm") or d.search_range_nm),
             "memory_frames": d.memory_frames if memory == 0 else max(int(memory), 0),
             "opened_at_unix_s": time.time(),
             "closed": 0,
         }
         self.store.add_session(session)
+        log.info(
+            "session opened", extra={k: session[k] for k in ("session_id", "microscope_id", "model_version")}
+        )
         return self.session(session["session_id"])
 
     def session(self, session_id: str) -> dict:
@@ -114,9 +130,20 @@ class TrackerEngine:
 
     def close_session(self, session_id: str) -> dict:
         self.session(session_id)
-        self.store.close_session(session_id)
         with self._live_lock:
-            self._live.pop(session_id, None)
+            live = self._live.get(session_id)
+        if live is None:
+            self.store.close_session(session_id)
+        else:
+            with live.lock:  # after a commit in flight, before any further frame
+                self.store.close_session(session_id)
+                live.spec["closed"] = 1
+        with self._live_lock:  # a state rebuilt meanwhile may have read the session still open
+            stale = self._live.pop(session_id, None)
+        if stale is not None and stale is not live:
+            with stale.lock:
+                stale.spec["closed"] = 1
+        log.info("session closed", extra={"session_id": session_id})
         with self._new_frame:
             self._new_frame.notify_all()
         return self.session(session_id)
@@ -140,17 +167,19 @@ class TrackerEngine:
             live = self._live_session(frame.session_id)
         except SessionNotFound as e:
             return IngestResult(False, error=str(e))
+        microscope = live.spec["microscope_id"]
         if live.spec["closed"]:
             return IngestResult(False, error=f"session {frame.session_id} is closed: open a new session")
         problem = frame_problem(frame)
         if problem:
-            return IngestResult(False, error=problem)
+            return IngestResult(False, error=problem, microscope_id=microscope)
         with live.lock:
             if frame.frame_index <= live.last_frame_index:
                 if self.store.has_frame(frame.session_id, frame.frame_index):
-                    return IngestResult(True, duplicate=True)
+                    return IngestResult(True, duplicate=True, microscope_id=microscope)
                 return IngestResult(
                     False,
+                    microscope_id=microscope,
                     error=(
                         f"frame_index {frame.frame_index} goes backwards: session {frame.session_id} has "
                         f"stored up to frame {live.last_frame_index} and frames must arrive in increasing "
@@ -171,7 +200,7 @@ class TrackerEngine:
             live.last_frame_index = frame.frame_index
         with self._new_frame:
             self._new_frame.notify_all()
-        return IngestResult(True)
+        return IngestResult(True, microscope_id=microscope)
 
     def _process(self, live: _Live, frame: FrameInput) -> tuple[dict, np.ndarray]:
         """The frame's stored row (statistics included) and its detections (``DETECTION_COLUMNS``)."""
@@ -250,6 +279,14 @@ class TrackerEngine:
         recent = recent.assign(x_link_px=recent.x_px - pred[:, 0], y_link_px=recent.y_px - pred[:, 1])
         linker.next_track_id = self.store.max_track_id(session_id) + 1
         linker.restore(recent, [int(o) for o in kept.ordinal])
+        log.info(
+            "session recovered from the store",
+            extra={
+                "session_id": session_id,
+                "frames": progress.frames_stored,
+                "last_frame": progress.last_frame_index,
+            },
+        )
         history = self.store.detections(session_id, track_ids=sorted(set(recent.track_id.tolist())))
         ordinals = self.store.frames(session_id)[["frame_index", "ordinal"]]
         last = int(kept.ordinal.iloc[-1])
@@ -260,13 +297,24 @@ class TrackerEngine:
 
     def statistics(
         self, session_id: str, from_frame: int = 0, to_frame: int | None = None
-    ) -> tuple[pd.DataFrame, dict]:
-        """Per-frame statistics in the range and the summary of the whole session."""
-        spec = self.session(session_id)
-        frames = self.store.frames(session_id, from_frame, to_frame)
-        all_frames = self.store.frames(session_id)
-        tracks = self.tracks(session_id)
-        return frames, statistics.session_summary(all_frames, tracks, spec["pixel_size_nm"])
+    ) -> tuple[pd.DataFrame, dict, dict]:
+        """Per-frame statistics in [from_frame, to_frame], the session's summary and the window's.
+
+        The window's summary sees only the window: a track's lifetime there is the part inside it.
+        """
+        pixel_nm = self.session(session_id)["pixel_size_nm"]
+        frames = self.store.frames(session_id)
+        detections = self.store.detections(session_id)
+        summary = statistics.session_summary(
+            frames, statistics.tracks_table(detections, frames, pixel_nm), pixel_nm
+        )
+        upper = np.inf if to_frame is None else to_frame
+        in_frames = frames[(frames.frame_index >= from_frame) & (frames.frame_index <= upper)].reset_index(
+            drop=True
+        )
+        in_detections = detections[(detections.frame_index >= from_frame) & (detections.frame_index <= upper)]
+        in_tracks = statistics.tracks_table(in_detections, in_frames, pixel_nm)
+        return in_frames, summary, statistics.session_summary(in_frames, in_tracks, pixel_nm)
 
     def tracks(self, session_id: str, min_length: int = 1) -> pd.DataFrame:
         spec = self.session(session_id)
@@ -294,7 +342,7 @@ class TrackerEngine:
         deadline = time.monotonic() + timeout_s
         with self._new_frame:
             while True:
-                if self.store.progress(session_id).last_frame_index > after_frame:
+                if self.store.last_frame_index(session_id) > after_frame:
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closing or self.session(session_id)["closed"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,18 @@ def export_session(engine: TrackerEngine, session_id: str) -> list[ExportedFile]
     """Tables (detections, tracks, per-frame statistics, size histogram, summary) and plots."""
     session = engine.session(session_id)
     pixel_nm = session["pixel_size_nm"]
-    frames, summary = engine.statistics(session_id)
+    frames, summary, _ = engine.statistics(session_id)
     detections = engine.store.detections(session_id)
     tracks = engine.tracks(session_id)
     sizes = statistics.size_histogram(detections, pixel_nm)
-    tables = {"detections": detections, "tracks": tracks, "frame_statistics": frames, "size_histogram": sizes}
+    lifetimes = statistics.lifetime_histogram(tracks)
+    tables = {
+        "detections": detections,
+        "tracks": tracks,
+        "frame_statistics": frames,
+        "size_histogram": sizes,
+        "lifetime_histogram": lifetimes,
+    }
     files = [
         ExportedFile(f"{name}.csv", "text/csv", table.to_csv(index=False).encode())
         for name, table in tables.items()
@@ -51,7 +59,9 @@ def export_session(engine: TrackerEngine, session_id: str) -> list[ExportedFile]
             ExportedFile(f"{name}.parquet", "application/vnd.apache.parquet", table.to_parquet(index=False))
             for name, table in tables.items()
         ]
-    meta = {**{k: v for k, v in session.items()}, "summary": summary}
+    # Strict JSON has no NaN: undefined numbers (e.g. no track has ended yet) become null.
+    summary = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
+    meta = {**session, "summary": summary}
     files.append(
         ExportedFile("session.json", "application/json", json.dumps(meta, indent=2, default=str).encode())
     )
@@ -63,6 +73,7 @@ def export_session(engine: TrackerEngine, session_id: str) -> list[ExportedFile]
             plot_series(frames, "fluence_ions_cm2", "fluence (ions/cm²)"),
         ),
         ExportedFile("size_histogram.png", "image/png", plot_size_histogram(sizes)),
+        ExportedFile("lifetime_histogram.png", "image/png", plot_lifetime_histogram(lifetimes)),
         ExportedFile("tracks.png", "image/png", plot_tracks(detections, frames)),
     ]
     return files
@@ -98,6 +109,17 @@ def plot_size_histogram(sizes: pd.DataFrame) -> bytes:
     ax.set_xlabel("size (nm)")
     ax.set_ylabel("detections")
     ax.legend(loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_lifetime_histogram(lifetimes: pd.DataFrame) -> bytes:
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
+    width = (lifetimes.upper_s - lifetimes.lower_s).to_numpy()
+    ax.bar(lifetimes.lower_s, lifetimes.tracks, width=width, align="edge")
+    ax.set_xlabel("loop lifetime (s), tracks that ended")
+    ax.set_ylabel("tracks")
     fig.tight_layout()
     return _png(fig)
 

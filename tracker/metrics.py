@@ -17,8 +17,19 @@ RATE_WINDOW_S = 10.0
 class TrackerMetrics:
     def __init__(self, open_sessions: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
+        # Labels: microscope = the session's microscope_id, arm = the model version that made the
+        # detections ("" = Triton's latest); both few per facility.
         self.frames = Counter(
-            "loopstream_tracker_frames", "Frames received, by outcome", ["outcome"], registry=self.registry
+            "loopstream_tracker_frames",
+            "Frames received, by outcome (accepted, duplicate, rejected)",
+            ["microscope", "arm", "outcome"],
+            registry=self.registry,
+        )
+        self.detections = Counter(
+            "loopstream_tracker_detections",
+            "Loops in accepted frames",
+            ["microscope", "arm"],
+            registry=self.registry,
         )
         self.frame_latency = Histogram(
             "loopstream_tracker_frame_latency_seconds",
@@ -43,11 +54,13 @@ class TrackerMetrics:
         self._stored: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def on_frame(self, result: IngestResult, seconds: float) -> None:
+    def on_frame(self, result: IngestResult, arm: str, loops: int, seconds: float) -> None:
+        """Count one acknowledged frame with ``loops`` detections; ``seconds`` from arrival to ack."""
         outcome = "duplicate" if result.duplicate else "accepted" if result.accepted else "rejected"
-        self.frames.labels(outcome).inc()
+        self.frames.labels(result.microscope_id, arm, outcome).inc()
         self.frame_latency.observe(seconds)
         if outcome == "accepted":
+            self.detections.labels(result.microscope_id, arm).inc(loops)
             now = time.monotonic()
             with self._lock:
                 self._stored.append(now)

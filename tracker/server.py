@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from loopstream.tracker.auth import BearerTokenInterceptor
 from loopstream.tracker.engine import Defaults, TrackerEngine
 from loopstream.tracker.metrics import TrackerMetrics
+from loopstream.tracker.rollout import PolicyFile, assign_arm
 from loopstream.tracker.service import TrackerService
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2, tracker_pb2_grpc
@@ -37,6 +39,7 @@ class ServerConfig:
     defaults: Defaults = field(default_factory=Defaults)
     max_workers: int = 32  # every open stream holds one worker thread
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
+    ab_policy: str | None = None  # JSON file of model versions and weights; None = the defaults
 
 
 @dataclass
@@ -60,10 +63,22 @@ class RunningTracker:
         self.engine.store.close()
 
 
+def _policy_arms(path: str) -> Callable[[str], tuple[str, str]]:
+    """Session id -> (pipeline, version) under the A/B policy file, re-read when it changes."""
+    policy_file = PolicyFile(path)
+
+    def model_for(session_id: str) -> tuple[str, str]:
+        policy = policy_file.current()
+        return policy.pipeline, assign_arm(policy, session_id)
+
+    return model_for
+
+
 def serve(config: ServerConfig) -> RunningTracker:
     """Start a tracker and return it with its bound ports."""
     store = Store(config.db, config.synchronous)
-    engine = TrackerEngine(store, config.defaults)
+    model_for = _policy_arms(config.ab_policy) if config.ab_policy else None
+    engine = TrackerEngine(store, config.defaults, model_for=model_for)
     metrics = TrackerMetrics(engine.open_sessions)
     engine.on_commit = metrics.commit_latency.observe
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []

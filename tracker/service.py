@@ -141,10 +141,10 @@ def _status_codes(method):
 
 class TrackerService(pb_grpc.TrackerServicer):
     def __init__(
-        self, engine: TrackerEngine, on_frame: Callable[[IngestResult, float], None] | None = None
+        self, engine: TrackerEngine, on_frame: Callable[[IngestResult, str, int, float], None] | None = None
     ) -> None:
         self.engine = engine
-        self.on_frame = on_frame  # metrics hook: (result, seconds from receipt to ack)
+        self.on_frame = on_frame  # metrics hook: (result, model version, loops, seconds from receipt to ack)
 
     @_status_codes
     def OpenSession(self, request: pb.SessionSpec, context: grpc.ServicerContext) -> pb.Session:
@@ -179,7 +179,7 @@ class TrackerService(pb_grpc.TrackerServicer):
                 )
                 result = IngestResult(False, error=f"internal error, frame not stored ({e}): resend it later")
             if self.on_frame is not None:
-                self.on_frame(result, time.perf_counter() - received)
+                self.on_frame(result, msg.model_version, len(msg.loops), time.perf_counter() - received)
             yield pb.Ack(
                 session_id=msg.session_id,
                 frame_index=msg.frame_index,
@@ -195,11 +195,12 @@ class TrackerService(pb_grpc.TrackerServicer):
         self, request: pb.StatisticsRequest, context: grpc.ServicerContext
     ) -> pb.StatisticsReply:
         to_frame = request.to_frame if request.to_frame > 0 else None
-        frames, summary = self.engine.statistics(request.session_id, request.from_frame, to_frame)
+        frames, summary, window = self.engine.statistics(request.session_id, request.from_frame, to_frame)
         return pb.StatisticsReply(
             session_id=request.session_id,
             frames=[_frame_statistics(r) for r in frames.itertuples(index=False)],
             summary=_summary_message(summary),
+            window=_summary_message(window),
         )
 
     @_status_codes
@@ -209,12 +210,14 @@ class TrackerService(pb_grpc.TrackerServicer):
         self.engine.session(request.session_id)
         next_frame = request.from_frame
         while context.is_active():
+            # Checked before reading: every frame stored before the close is still sent.
+            ended = self.engine.session(request.session_id)["closed"] or self.engine.closing
             frames = self.engine.frames(request.session_id, next_frame)
             for row in frames.itertuples(index=False):
                 yield _frame_statistics(row)
             if len(frames):
                 next_frame = int(frames.frame_index.iloc[-1]) + 1
-            if self.engine.session(request.session_id)["closed"] or self.engine.closing:
+            if ended:
                 return
             self.engine.wait_for_frame(request.session_id, next_frame - 1, WATCH_POLL_S)
 

@@ -139,3 +139,13 @@ def size_histogram(detections: pd.DataFrame, pixel_size_nm: float, bins: int = 3
             "minor_count": np.histogram(minor, edges)[0],
         }
     )
+
+
+def lifetime_histogram(tracks: pd.DataFrame, bins: int = 30) -> pd.DataFrame:
+    """Counts of track lifetimes (s) of tracks that ended before the last frame (complete lives)."""
+    ended = tracks[tracks.death_frame < tracks.death_frame.max()] if len(tracks) else tracks
+    lifetimes = ended.lifetime_s.to_numpy(float)
+    edges = np.linspace(0.0, float(max(lifetimes.max(initial=0.0), 1.0)), bins + 1)
+    return pd.DataFrame(
+        {"lower_s": edges[:-1], "upper_s": edges[1:], "tracks": np.histogram(lifetimes, edges)[0]}
+    )

@@ -2,7 +2,9 @@
 
 A frame is committed in one transaction with its detections and statistics, with
 ``synchronous=FULL``, so an acknowledged frame survives a crash of the process or the machine.
-One connection is shared behind a lock: SQLite serialises writers anyway, and reads are short.
+Writes share one connection behind a lock (SQLite serialises writers anyway); reads use one
+connection per thread, so a long query (an export) never holds up the commits of live streams:
+in WAL mode readers see the last committed state and do not block the writer.
 Everything read back is a plain DataFrame with the column names used by the domain modules.
 """
 
@@ -107,6 +109,7 @@ def _migration_1(db: sqlite3.Connection) -> None:
 # Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
 SCHEMA_VERSION = len(MIGRATIONS)
+_SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid
 
 
 class StoreError(RuntimeError):
@@ -133,6 +136,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         try:
             self._migrate()
         except BaseException:
@@ -165,6 +170,20 @@ class Store:
         """Close after any commit in flight (it holds the lock) has finished."""
         with self._lock:
             self._db.close()
+            for reader in self._readers:
+                reader.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._local.reader = reader
+            with self._lock:
+                self._readers.append(reader)
+        return reader
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._reader().execute(sql, args).fetchall()
 
     def __enter__(self) -> Store:
         return self
@@ -173,8 +192,7 @@ class Store:
         self.close()
 
     def schema_version(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+        return int(self._read("SELECT version FROM schema_version")[0][0])
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -195,30 +213,33 @@ class Store:
         return self._query(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions {where} ORDER BY sid", ())
 
     def session(self, session_id: str) -> dict | None:
-        df = self._query(
+        """The session's row as plain Python values, or None."""
+        rows = self._read(
             f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session_id = ?", (session_id,)
         )
-        return None if df.empty else df.iloc[0].to_dict()
+        return dict(zip(SESSION_COLUMNS, rows[0], strict=True)) if rows else None
 
     def progress(self, session_id: str) -> SessionProgress:
-        with self._lock:
-            n, last = self._db.execute(
-                "SELECT COUNT(*), MAX(frame_index) FROM frames WHERE sid = "
-                "(SELECT sid FROM sessions WHERE session_id = ?)",
-                (session_id,),
-            ).fetchone()
+        ((n, last),) = self._read(
+            f"SELECT COUNT(*), MAX(frame_index) FROM frames WHERE sid = {_SID}",
+            (session_id,),
+        )
         return SessionProgress(int(n), -1 if last is None else int(last))
+
+    def last_frame_index(self, session_id: str) -> int:
+        """-1 before the first frame; cheap (primary-key lookup), for pollers."""
+        ((last,),) = self._read(f"SELECT MAX(frame_index) FROM frames WHERE sid = {_SID}", (session_id,))
+        return -1 if last is None else int(last)
 
     # -- frames -----------------------------------------------------------------------------
 
     def has_frame(self, session_id: str, frame_index: int) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM frames WHERE sid = (SELECT sid FROM sessions WHERE session_id = ?) "
-                "AND frame_index = ?",
+        return bool(
+            self._read(
+                f"SELECT 1 FROM frames WHERE sid = {_SID} AND frame_index = ?",
                 (session_id, frame_index),
-            ).fetchone()
-        return row is not None
+            )
+        )
 
     def commit_frame(self, session_id: str, frame: dict, detections: np.ndarray) -> bool:
         """Store one frame and its detections (rows of ``DETECTION_COLUMNS``) atomically.
@@ -257,7 +278,7 @@ class Store:
         args = (session_id, from_frame) if to_frame is None else (session_id, from_frame, to_frame)
         df = self._query(
             f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = "
-            f"(SELECT sid FROM sessions WHERE session_id = ?) AND frame_index >= ? {upper} "
+            f"{_SID} AND frame_index >= ? {upper} "
             "ORDER BY frame_index",
             args,
         )
@@ -266,8 +287,7 @@ class Store:
     def last_frames(self, session_id: str, n: int) -> pd.DataFrame:
         """The ``n`` most recent frames, oldest first."""
         df = self._query(
-            f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = "
-            "(SELECT sid FROM sessions WHERE session_id = ?) ORDER BY ordinal DESC LIMIT ?",
+            f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = {_SID} ORDER BY ordinal DESC LIMIT ?",
             (session_id, n),
         )
         return _frame_types(df.iloc[::-1].reset_index(drop=True))
@@ -289,7 +309,7 @@ class Store:
             args.extend(track_ids)
         df = self._query(
             f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections WHERE sid = "
-            f"(SELECT sid FROM sessions WHERE session_id = ?) AND {' AND '.join(clauses)} "
+            f"{_SID} AND {' AND '.join(clauses)} "
             "ORDER BY frame_index, loop_index",
             tuple(args),
         )
@@ -299,20 +319,15 @@ class Store:
 
     def max_track_id(self, session_id: str) -> int:
         """The highest track id of the session, -1 before any detection."""
-        with self._lock:
-            (top,) = self._db.execute(
-                "SELECT MAX(track_id) FROM detections "
-                "WHERE sid = (SELECT sid FROM sessions WHERE session_id = ?)",
-                (session_id,),
-            ).fetchone()
+        ((top,),) = self._read(
+            f"SELECT MAX(track_id) FROM detections WHERE sid = {_SID}",
+            (session_id,),
+        )
         return -1 if top is None else int(top)
 
     def _query(self, sql: str, args: tuple) -> pd.DataFrame:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        return pd.DataFrame(rows, columns=names)
+        cur = self._reader().execute(sql, args)
+        return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
 
 
 def _frame_types(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,196 @@
+"""Training CLI for the instance model (``python -m loopstream.models.train_instance``).
+
+Mask R-CNN needs per-loop targets (boxes and masks), not the semantic models' foreground / core
+maps, so it has its own loop; it reuses the semantic side's data (``loopstream.models.datasets``:
+simulator frames with truth, COCO images with ``--exclude-ids`` never read), augmentation
+(``loopstream.models.augment``, applied to the stack of instance masks) and learning-rate
+schedule (``loopstream.models.train.learning_rate``: warm-up, cosine, ends on ``--steps`` or
+``--max-minutes``, whichever first).
+
+``--init-encoder`` starts the ResNet-18 stages from a semantic ``unet_r18`` checkpoint (ours,
+trained here): with no downloadable weights, a backbone that has already seen loops is the
+cheapest head start on a 2-core CPU. Its grey 1-channel stem becomes the 3-channel stem of the
+replicated input by dividing it by 3 (exactly the same response).
+
+Outputs in ``--out``: ``last.pt`` ({"arch", "model", "optimizer", "step", "elapsed_s", "rng", "args"}),
+``metrics.csv`` (step, mean of each loss over the last ``--log-every`` steps, lr, elapsed s).
+
+Example (the shipped model; creme images 3, 7, 11 held out)::
+
+    python -m loopstream.models.train_instance --out runs/instance --max-minutes 20 \\
+        --coco ../shared/data/creme-ds25s/train/annotations.json --exclude-ids 3,7,11 \\
+        --init-encoder runs/pre/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from loopstream.models.augment import augment, random_crop
+from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
+from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
+from loopstream.models.train import TRAIN_SEEDS, learning_rate, parse_ids
+
+LOSSES = ["loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"]
+MIN_AREA_PX = 6  # a loop cut by a crop to fewer pixels than this is no loop to learn from
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="run directory (last.pt, metrics.csv)")
+    p.add_argument("--arch", default="maskrcnn_r18", help="loopstream.models.maskrcnn architecture")
+    p.add_argument("--coco", type=Path, help="COCO annotation file of real training images")
+    p.add_argument("--images", type=Path, help="image folder of --coco (default: imgs/ beside it)")
+    p.add_argument("--exclude-ids", help="COCO image ids never read (held-out test images), e.g. 3,7,11")
+    p.add_argument("--sim-fraction", type=float, default=0.5, help="share of frames from the simulator")
+    p.add_argument("--crop-px", type=int, default=256, help="side of training crops and simulated frames")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps of the whole run")
+    p.add_argument("--max-minutes", type=float, help="wall-time budget (min), the run anneals to it")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    p.add_argument("--init-encoder", type=Path, help="semantic unet_r18 checkpoint for the ResNet stages")
+    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log rows and checkpoints")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.sim_fraction < 1.0 and args.coco is None:
+        p.error("--sim-fraction < 1 needs --coco")
+    return args
+
+
+def instance_target(masks: np.ndarray) -> dict[str, torch.Tensor]:
+    """torchvision detection target of a stack of loop masks [K, H, W]: boxes cover the pixels
+    (x1 = last column + 1), tiny remnants of cropped loops are dropped."""
+    keep = [m for m in masks if np.count_nonzero(m) >= MIN_AREA_PX]
+    boxes = []
+    for m in keep:
+        ys, xs = np.nonzero(m)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    h, w = masks.shape[1:]
+    return dict(
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        labels=torch.ones(len(keep), dtype=torch.int64),
+        masks=torch.from_numpy(np.stack(keep).astype(np.uint8) if keep else np.zeros((0, h, w), np.uint8)),
+    )
+
+
+def training_pair(
+    sample: Sample, crop_px: int, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Augmented, standardised crop of a sample and its instance target."""
+    masks = np.stack(sample.instances).astype(np.uint8) if sample.instances else None
+    if masks is None:
+        masks = np.zeros((0, *sample.image.shape), np.uint8)
+    image, masks = random_crop(*augment(sample.image, masks, rng), crop_px, rng)
+    return image, instance_target(masks)
+
+
+def init_encoder(model: LoopMaskRCNN, checkpoint: Path) -> int:
+    """Copy a semantic U-Net's ``encoder.*`` ResNet weights into the backbone; returns the count."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    body = model.backbone.body.state_dict()
+    loaded = {}
+    for key, value in state.items():
+        name = key.removeprefix("encoder.")
+        if key.startswith("encoder.") and name in body:
+            if name == "conv1.weight" and value.shape[1] == 1:
+                value = value.repeat(1, 3, 1, 1) / 3.0  # grey replicated to 3 channels
+            loaded[name] = value
+    model.backbone.body.load_state_dict(loaded, strict=False)
+    return len(loaded)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, log_path = args.out / "last.pt", args.out / "metrics.csv"
+
+    real: list[Sample] = []
+    if args.coco is not None:
+        coco = CocoLoops(args.coco, args.images, exclude_ids=parse_ids(args.exclude_ids))
+        real = coco.samples()
+        print(f"real training images: {[s.name for s in real]}")
+    model = build_maskrcnn(args.arch)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], args.lr, weight_decay=1e-4)
+    step, elapsed_before = 0, 0.0
+    if args.resume:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before = state["step"], state["elapsed_s"]
+        rng.bit_generator.state = state["rng"]
+    elif args.init_encoder is not None:
+        print(f"backbone tensors from {args.init_encoder}: {init_encoder(model, args.init_encoder)}")
+
+    new_log = not (args.resume and log_path.exists())
+    log_file = log_path.open("w" if new_log else "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", *LOSSES, "loss", "lr", "elapsed_s"])
+    start = time.monotonic()
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - start
+
+    def progress() -> float:
+        budget = float("inf") if args.max_minutes is None else args.max_minutes * 60
+        return max(step / args.steps, elapsed() / budget)
+
+    def sample() -> Sample:
+        if not real or rng.random() < args.sim_fraction:
+            px = args.crop_px
+            return simulated_sample(int(rng.integers(*TRAIN_SEEDS)), rng, (px, px))
+        return real[int(rng.integers(len(real)))]
+
+    model.train()
+    recent: list[list[float]] = []
+    with tqdm(total=args.steps, initial=step, unit="step") as bar:
+        while progress() < 1.0:
+            lr = learning_rate(progress(), args.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pairs = [training_pair(sample(), args.crop_px, rng) for _ in range(args.batch_size)]
+            images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+            losses = model(images, [p[1] for p in pairs])
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            step += 1
+            recent.append([losses[k].item() for k in LOSSES])
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.sum(np.mean(recent, axis=0)):.3f}", lr=f"{lr:.2g}")
+            if step % args.log_every == 0 or progress() >= 1.0:
+                means = np.mean(recent, axis=0)
+                log.writerow([step, *np.round(means, 4), round(float(means.sum()), 4), f"{lr:.3g}", round(elapsed(), 1)])
+                log_file.flush()
+                recent = []
+                state = dict(
+                    arch=args.arch,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    step=step,
+                    elapsed_s=elapsed(),
+                    rng=rng.bit_generator.state,
+                    args=vars(args),
+                )
+                torch.save(state, checkpoint_path.with_suffix(".tmp"))
+                checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
+    print(f"finished at step {step} after {elapsed() / 60:.1f} min")
+    log_file.close()
+
+
+if __name__ == "__main__":
+    main()
