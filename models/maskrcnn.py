@@ -11,7 +11,7 @@ so both follow detectron2's inference rules:
   per-frame standardised tile (``loopstream.imaging.standardise``); an imported detectron2
   model gets 8-bit grey counts and its config's PIXEL_MEAN / PIXEL_STD.
 - Anchors: detectron2's cell anchors (no rounding of the anchor corners, unlike torchvision),
-  offset 0.0, one set of sizes per FPN level, aspect ratios 0.5, 1, 2.
+  offset 0.0, fixed strides 4-64 px, one set of sizes per FPN level, aspect ratios 0.5, 1, 2.
 - RoI pooling: ROIAlignV2 (``aligned=True``, ``sampling_ratio=0``), level of a box
   ``floor(4 + log2(sqrt(area) / 224 + 1e-8))`` clamped to the pooled levels, fixed strides.
 - Outputs in eval mode, per image: ``boxes`` [K, 4] (x0, y0, x1, y1 in input px), ``scores`` [K],
@@ -108,9 +108,10 @@ ARCHITECTURES: dict[str, MaskRCNNSpec] = {
 
 
 class Detectron2Anchors(AnchorGenerator):
-    """torchvision's anchor grid (offset 0.0, location-major) with detectron2's cell anchors:
-    for each size, for each aspect ratio h/w: w = sqrt(size^2 / ratio), h = ratio * w, corners
-    at +-w/2, +-h/2, not rounded."""
+    """torchvision's anchor grid (offset 0.0, location-major) with detectron2's cell anchors and
+    strides: for each size, for each aspect ratio h/w: w = sqrt(size^2 / ratio), h = ratio * w,
+    corners at +-w/2, +-h/2, not rounded; level i has the fixed stride 4 * 2^i px (torchvision
+    would infer H // feature height, which differs on P6 when H is not a multiple of 64)."""
 
     def generate_anchors(
         self,
@@ -126,6 +127,16 @@ class Detectron2Anchors(AnchorGenerator):
                 h = ratio * w
                 cells.append([-w / 2, -h / 2, w / 2, h / 2])
         return torch.tensor(cells, dtype=dtype, device=device)
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        grid_sizes = [f.shape[-2:] for f in feature_maps]
+        device = feature_maps[0].device
+        strides = [
+            [torch.tensor(4 * 2**i, dtype=torch.int64, device=device)] * 2 for i in range(len(grid_sizes))
+        ]
+        self.set_cell_anchors(feature_maps[0].dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
 
 
 class AlignedRoIPooler(nn.Module):

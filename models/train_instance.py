@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         real = coco.samples()
         print(f"real training images: {[s.name for s in real]}")
     model = build_maskrcnn(args.arch)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], args.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], args.lr, weight_decay=1e-4
+    )
     step, elapsed_before = 0, 0.0
     if args.resume:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -174,7 +176,15 @@ def main(argv: list[str] | None = None) -> None:
             bar.set_postfix(loss=f"{np.sum(np.mean(recent, axis=0)):.3f}", lr=f"{lr:.2g}")
             if step % args.log_every == 0 or progress() >= 1.0:
                 means = np.mean(recent, axis=0)
-                log.writerow([step, *np.round(means, 4), round(float(means.sum()), 4), f"{lr:.3g}", round(elapsed(), 1)])
+                log.writerow(
+                    [
+                        step,
+                        *np.round(means, 4),
+                        round(float(means.sum()), 4),
+                        f"{lr:.3g}",
+                        round(elapsed(), 1),
+                    ]
+                )
                 log_file.flush()
                 recent = []
                 state = dict(

@@ -10,12 +10,15 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from loopstream.serving.onnx_model import OnnxModel
-from loopstream.serving.semantic import SemanticPipelineConfig, analyse_frame
+from loopstream.serving.repository import PipelineSpec
+from loopstream.serving.semantic import analyse_frame
+from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.stack import LocalStack
 from tests.conftest import CORE_MODEL
 
 PIPELINE = "loops_semantic"
+SHIPPED = PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json").pipeline_config()
 
 
 INPUTS = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT16")}
@@ -38,7 +41,7 @@ def client(stack: LocalStack):
 def test_served_pipeline_finds_the_same_loops_as_in_process(client, size: int, dtype: str) -> None:
     frame = SimulatedMicroscope(SimulationConfig(shape=(size, size), dtype=dtype), seed=size).render(3)
     served = _infer(client, frame)
-    local = analyse_frame(frame, OnnxModel(CORE_MODEL), SemanticPipelineConfig()).to_numpy(np.float32)
+    local = analyse_frame(frame, OnnxModel(CORE_MODEL), SHIPPED).to_numpy(np.float32)
     assert len(served) > 0
     assert served.shape == local.shape
     np.testing.assert_allclose(served[:, 1:3], local[:, 1:3], atol=0.05)  # centres, px

@@ -1,0 +1,1 @@
+../../../loopstream/serving/backends/semantic_pipeline.py
