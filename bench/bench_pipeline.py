@@ -1,11 +1,12 @@
 """Throughput of the served pipeline against the same model in-process, in one run.
 
 For each frame size: frames/s of (a) the pipeline code calling ONNX Runtime in this process,
-(b) the same frames streamed through the local tritonserver (client -> Triton only), and
-(c) end to end (client -> Triton -> tracker, stored), with 1 and 4 concurrent microscopes.
+(b) the same frames streamed through the local tritonserver (client -> Triton only),
+(c) the same through Triton on 4 concurrent streams (the dynamic-batching gain), and (d) end to
+end (client -> Triton -> tracker, stored), with 1 and 4 concurrent microscopes.
 Ratios against (a) are what to read: this 2-core machine is noisy, ratios in one run less so.
 
-    .venv/bin/python bench/bench_pipeline.py --sizes 512 1024 --frames 16
+    .venv/bin/python bench/bench_pipeline.py --sizes 512 1024 2048 --frames 16
 """
 
 from __future__ import annotations
@@ -43,17 +44,31 @@ def in_process(frames: list[Frame], model: OnnxModel, config: SemanticPipelineCo
     return len(frames) / (time.perf_counter() - start)
 
 
-def through_triton(stack: LocalStack, frames: list[Frame]) -> tuple[float, list[float]]:
+def through_triton(stack: LocalStack, frames: list[Frame], streams: int) -> tuple[float, list[float]]:
+    """Frames/s summed over ``streams`` concurrent streams of the same frames, and their latencies."""
     latencies: list[float] = []
-    stream = InferenceStream(stack.triton_url, "loops_semantic", lambda r: latencies.append(_ok(r)))
-    stream.submit(frames[0])  # warm-up
-    stream.drain()
-    latencies.clear()
+    lock = threading.Lock()
+
+    def record(result: FrameResult) -> None:
+        with lock:
+            latencies.append(_ok(result))
+
+    def run() -> None:
+        stream = InferenceStream(stack.triton_url, "loops_semantic", record)
+        for frame in frames:
+            stream.submit(frame)
+        stream.close()
+
+    warm = InferenceStream(stack.triton_url, "loops_semantic", _ok)
+    warm.submit(frames[0])
+    warm.close()
+    threads = [threading.Thread(target=run) for _ in range(streams)]
     start = time.perf_counter()
-    for frame in frames:
-        stream.submit(frame)
-    stream.close()
-    return len(frames) / (time.perf_counter() - start), latencies
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return streams * len(frames) / (time.perf_counter() - start), latencies
 
 
 def end_to_end(stack: LocalStack, frames: list[Frame], microscopes: int) -> float:
@@ -85,8 +100,8 @@ def _ok(result: FrameResult) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--frames", type=int, default=16, help="at 512²; fewer at larger sizes, same pixels")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args()
     model = OnnxModel(args.repository / "loops_semantic_core" / "1" / "model.onnx")
@@ -94,22 +109,25 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), repository=args.repository) as stack:
         for size in args.sizes:
-            frames = simulated_frames(size, args.frames)
+            frames = simulated_frames(size, max(2, args.frames * 512**2 // size**2))
             local = in_process(frames, model, config)
-            served, latencies = through_triton(stack, frames)
+            served, latencies = through_triton(stack, frames, 1)
+            served_4, _ = through_triton(stack, frames, 4)
             e2e_1 = end_to_end(stack, frames, 1)
             e2e_4 = end_to_end(stack, frames, 4)
             p50, p99 = np.percentile(latencies, [50, 99])
-            rows.append((size, local, served, e2e_1, e2e_4, p50, p99))
+            rows.append((size, len(frames), local, served, served_4, e2e_1, e2e_4, p50, p99))
     print(
-        "| frame px | in-process fr/s | Triton fr/s | ratio | e2e 1 mic fr/s | ratio "
-        "| e2e 4 mics fr/s | ratio | Triton p50 / p99 latency s |"
+        "| frame px | frames | in-process fr/s | Triton 1 stream fr/s (ratio) "
+        "| Triton 4 streams fr/s (gain) | end-to-end 1 microscope fr/s (ratio) "
+        "| end-to-end 4 microscopes fr/s (ratio) | Triton p50 / p99 s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for size, local, served, e2e_1, e2e_4, p50, p99 in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for size, n, local, served, served_4, e2e_1, e2e_4, p50, p99 in rows:
         print(
-            f"| {size}^2 | {local:.2f} | {served:.2f} | {served / local:.2f} | {e2e_1:.2f} "
-            f"| {e2e_1 / local:.2f} | {e2e_4:.2f} | {e2e_4 / local:.2f} | {p50:.2f} / {p99:.2f} |"
+            f"| {size}² | {n} | {local:.2f} | {served:.2f} ({served / local:.2f}) | {served_4:.2f} "
+            f"({served_4 / served:.2f}) | {e2e_1:.2f} ({e2e_1 / local:.2f}) "
+            f"| {e2e_4:.2f} ({e2e_4 / local:.2f}) | {p50:.2f} / {p99:.2f} |"
         )
 
 

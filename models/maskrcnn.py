@@ -26,7 +26,7 @@ so both follow detectron2's inference rules:
 Examples
 --------
 >>> import torch
->>> model = build_maskrcnn("maskrcnn_r18").eval()
+>>> model = build_maskrcnn("maskrcnn_r18", detections_per_image=4).eval()
 >>> with torch.no_grad():
 ...     out = model(torch.zeros(1, 1, 64, 96))[0]
 >>> sorted(out), tuple(out["masks"].shape[1:])
