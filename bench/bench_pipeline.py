@@ -23,8 +23,7 @@ from loopstream.client.inference import FrameResult, InferenceStream
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame
 from loopstream.serving.onnx_model import OnnxModel
-from loopstream.serving.repository import PipelineSpec
-from loopstream.serving.semantic import SemanticPipelineConfig, analyse_frame
+from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.stack import LocalStack
@@ -36,11 +35,11 @@ def simulated_frames(size: int, n: int, seed: int = 0) -> list[Frame]:
     return [Frame(i, i / 10, microscope.render(i), f"sim:{i}") for i in range(n)]
 
 
-def in_process(frames: list[Frame], model: OnnxModel, config: SemanticPipelineConfig) -> float:
-    analyse_frame(frames[0].image, model, config)  # warm-up
+def in_process(frames: list[Frame], model: OnnxModel, pipeline: Pipeline) -> float:
+    pipeline.analyse(frames[0].image, model.run)  # warm-up
     start = time.perf_counter()
     for frame in frames:
-        analyse_frame(frame.image, model, config)
+        pipeline.analyse(frame.image, model.run)
     return len(frames) / (time.perf_counter() - start)
 
 
@@ -105,12 +104,12 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args()
     model = OnnxModel(args.repository / "loops_semantic_core" / "1" / "model.onnx")
-    config = PipelineSpec.read(args.repository / "loops_semantic" / "1" / "pipeline.json").pipeline_config()
+    pipeline = Pipeline(PipelineSpec.read(args.repository / "loops_semantic" / "1" / "pipeline.json"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), repository=args.repository) as stack:
         for size in args.sizes:
             frames = simulated_frames(size, max(2, args.frames * 512**2 // size**2))
-            local = in_process(frames, model, config)
+            local = in_process(frames, model, pipeline)
             served, latencies = through_triton(stack, frames, 1)
             served_4, _ = through_triton(stack, frames, 4)
             e2e_1 = end_to_end(stack, frames, 1)

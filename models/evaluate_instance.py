@@ -38,6 +38,7 @@ from loopstream.models.evaluate import (
 )
 from loopstream.models.export_instance import load_instance_checkpoint, onnx_tile_fn, torch_tile_fn
 from loopstream.models.predict import Prediction
+from loopstream.serving.frames import PreparedFrame
 from loopstream.serving.instance import (
     InstancePipelineConfig,
     TileDetections,
@@ -46,7 +47,6 @@ from loopstream.serving.instance import (
     label_instances,
     prepare_frame,
 )
-from loopstream.serving.semantic import PreparedFrame
 
 # Box scores of a trained Mask R-CNN crowd near 1 for real loops: the grid reaches higher than
 # the semantic probability grid.

@@ -59,10 +59,22 @@ def export_onnx(model: LoopMaskRCNN, path: str | Path, example_px: int = 256, fp
         output_names=OUTPUT_NAMES,
         dynamic_axes=DYNAMIC_AXES,
     )
+    _fix_output_shapes(path)
     if fp16:
         _store_weights_fp16(path)
     onnx.checker.check_model(str(path))
     return path
+
+
+def _fix_output_shapes(path: Path) -> None:
+    """Declare the static output sides (4 box coordinates, 28 x 28 masks) the tracer left symbolic,
+    so the Triton config and clients read the real shapes from the file."""
+    model = onnx.load(str(path))
+    static = {"boxes": {1: 4}, "mask_probs": {1: 28, 2: 28}}
+    for output in model.graph.output:
+        for axis, size in static.get(output.name, {}).items():
+            output.type.tensor_type.shape.dim[axis].dim_value = size
+    onnx.save(model, str(path))
 
 
 def _store_weights_fp16(path: Path) -> None:

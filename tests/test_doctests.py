@@ -9,6 +9,8 @@ MODULES = [
     "loopstream.imaging",
     "loopstream.instances",
     "loopstream.simulator",
+    "loopstream.serving.frames",
+    "loopstream.serving.pipelines",
     "loopstream.serving.semantic",
     "loopstream.client.sources",
 ]

@@ -11,7 +11,8 @@ from kubernetes import client as k8s
 from loopstream import pool
 from loopstream.client import rollout_cli
 from loopstream.pool import PoolError, load_everywhere, replicas_from_endpoint_slices, served_versions
-from loopstream.serving.repository import PipelineSpec, add_version, versions_of
+from loopstream.serving.pipelines import PipelineSpec
+from loopstream.serving.repository import add_version, versions_of
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 from loopstream.tracker.rollout import Policy, PolicyFile, write_policy
 

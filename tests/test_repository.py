@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.repository import (
-    PipelineSpec,
     add_version,
     build_flavour,
     versions_of,

@@ -10,25 +10,25 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from loopstream.serving.onnx_model import OnnxModel
-from loopstream.serving.repository import PipelineSpec
-from loopstream.serving.semantic import analyse_frame
+from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.stack import LocalStack
 from tests.conftest import CORE_MODEL
 
 PIPELINE = "loops_semantic"
-SHIPPED = PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json").pipeline_config()
+SHIPPED = Pipeline(PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json"))
+INSTANCE = "loops_instance"
 
 
 INPUTS = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT16")}
 
 
-def _infer(client: triton.InferenceServerClient, frame: np.ndarray) -> np.ndarray:
+def _infer(client: triton.InferenceServerClient, frame: np.ndarray, model: str = PIPELINE) -> np.ndarray:
     name, datatype = INPUTS[frame.dtype.name]
     tensor = triton.InferInput(name, frame.shape, datatype)
     tensor.set_data_from_numpy(frame)
-    return client.infer(PIPELINE, [tensor]).as_numpy("DETECTIONS")
+    return client.infer(model, [tensor]).as_numpy("DETECTIONS")
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,20 @@ def client(stack: LocalStack):
 def test_served_pipeline_finds_the_same_loops_as_in_process(client, size: int, dtype: str) -> None:
     frame = SimulatedMicroscope(SimulationConfig(shape=(size, size), dtype=dtype), seed=size).render(3)
     served = _infer(client, frame)
-    local = analyse_frame(frame, OnnxModel(CORE_MODEL), SHIPPED).to_numpy(np.float32)
+    local = SHIPPED.analyse(frame, OnnxModel(CORE_MODEL).run).to_numpy(np.float32)
     assert len(served) > 0
     assert served.shape == local.shape
     np.testing.assert_allclose(served[:, 1:3], local[:, 1:3], atol=0.05)  # centres, px
+
+
+def test_served_instance_pipeline_finds_the_same_loops_as_in_process(client) -> None:
+    frame = SimulatedMicroscope(SimulationConfig(shape=(600, 700)), seed=4).render(2)
+    served = _infer(client, frame, INSTANCE)
+    pipeline = Pipeline(PipelineSpec.read(REPOSITORY / INSTANCE / "1" / "pipeline.json"))
+    local = pipeline.analyse(frame, OnnxModel(REPOSITORY / f"{INSTANCE}_core" / "1" / "model.onnx").run)
+    assert len(served) > 0
+    assert served.shape == local.shape
+    np.testing.assert_allclose(served[:, 1:3], local.to_numpy(np.float32)[:, 1:3], atol=0.05)
 
 
 @pytest.mark.parametrize(

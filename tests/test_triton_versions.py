@@ -10,8 +10,8 @@ import pytest
 import tritonclient.grpc as triton
 
 from loopstream.serving.onnx_model import OnnxModel
-from loopstream.serving.repository import PipelineSpec, add_version
-from loopstream.serving.semantic import analyse_frame
+from loopstream.serving.pipelines import Pipeline, PipelineSpec
+from loopstream.serving.repository import add_version
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 from loopstream.serving.versions import ready_versions, serve_versions
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
@@ -54,7 +54,7 @@ def test_each_version_answers_requests_addressed_to_it(server: TritonOptions) ->
     model = OnnxModel(ONNX)
     answers = {v: _infer(url, FRAME, str(v)) for v in SPECS}
     for version, spec in SPECS.items():
-        expected = analyse_frame(FRAME, model, spec.pipeline_config())
+        expected = Pipeline(spec).analyse(FRAME, model.run)
         assert len(answers[version]) == len(expected), f"version {version} did not run its own settings"
     assert len(answers[1]) != len(answers[2])
     latest = _infer(url, FRAME, "")

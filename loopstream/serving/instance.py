@@ -46,9 +46,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from loopstream.imaging import Tile, cut_tiles, standardise, tile_grid
+from loopstream.imaging import Tile
 from loopstream.instances import DETECTION_COLUMNS, ellipse_of_contour, empty_detections
-from loopstream.serving.semantic import PreparedFrame, validate_frame
+from loopstream.serving.frames import PreparedFrame
+from loopstream.serving.frames import prepare_frame as prepare_tiles
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class TileDetections:
     scores: np.ndarray  # [K]
     mask_probs: np.ndarray  # [K, M, M] loop probability inside the box
 
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> TileDetections:
+        """From the exported network's named outputs (``boxes``, ``scores``, ``mask_probs``)."""
+        return cls(outputs["boxes"], outputs["scores"], outputs["mask_probs"])
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -86,9 +92,7 @@ class Instance:
 
 
 def prepare_frame(frame: np.ndarray, config: InstancePipelineConfig) -> PreparedFrame:
-    validate_frame(frame)
-    tiles = tile_grid(frame.shape, config.tile_px, config.overlap_px)
-    return PreparedFrame(frame.shape, tiles, cut_tiles(standardise(frame), tiles))
+    return prepare_tiles(frame, config.tile_px, config.overlap_px)
 
 
 def _bilinear_weights(start: int, stop: int, lo: float, hi: float, m: int) -> np.ndarray:

@@ -22,54 +22,23 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from loopstream.serving.semantic import SemanticPipelineConfig
+from loopstream.serving.pipelines import CORE_INPUT, CORE_OUTPUTS, PipelineSpec
 
 FLAVOURS = ("local", "gpu")
 BACKENDS = Path(__file__).resolve().parent / "backends"
 GLUE = {
-    "pipeline": BACKENDS / "semantic_pipeline.py",
+    "pipeline": BACKENDS / "pipeline.py",
     "core": BACKENDS / "onnx_core.py",
     "noop": BACKENDS / "noop_pipeline.py",
 }
-CORE_INPUT, CORE_OUTPUT = "image", "logits"  # the exported ONNX graph's own tensor names
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What a pipeline version is, beyond its network: stored as ``<pipeline>/<v>/pipeline.json``."""
-
-    family: str = "semantic"
-    architecture: str = ""
-    description: str = ""
-    tile_px: int = 512
-    overlap_px: int = 64
-    threshold: float = 0.5
-    min_area_px: int = 12
-    max_tiles_per_request: int = 4  # tiles of one frame per core request; the batcher merges requests
-
-    @classmethod
-    def read(cls, path: Path) -> PipelineSpec:
-        data = json.loads(Path(path).read_text())
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown pipeline settings {sorted(unknown)}")
-        return cls(**data)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    def pipeline_config(self) -> SemanticPipelineConfig:
-        return SemanticPipelineConfig(self.tile_px, self.overlap_px, self.threshold, self.min_area_px)
 
 
 def pipelines_in(repository: Path) -> list[str]:
@@ -94,27 +63,45 @@ def pipeline_config(name: str, versions: list[int]) -> mc.ModelConfig:
     return config
 
 
-def core_config(name: str, versions: list[int], flavour: str, tile_px: int) -> mc.ModelConfig:
-    """The network on batches of standardised tiles [N, 1, tile, tile] -> logits [N, 2, tile, tile]."""
+def core_config(name: str, versions: list[int], flavour: str, spec: PipelineSpec) -> mc.ModelConfig:
+    """The network on standardised tiles, as the family's exported graph takes them.
+
+    Semantic networks take batches [N, 1, T, T] -> logits [N, 2, T, T], dynamically batched.
+    Instance networks (Mask R-CNN) are exported with batch 1 and ragged outputs (boxes [K, 4],
+    scores [K], mask_probs [K, 28, 28]): one tile per request, no batching, parallel instances.
+    """
     local = flavour == "local"
-    config = mc.ModelConfig(
-        name=name, backend="python" if local else "onnxruntime", max_batch_size=8 if local else 16
-    )
+    batched = spec.family == "semantic"
+    config = mc.ModelConfig(name=name, backend="python" if local else "onnxruntime")
     config.version_policy.specific.versions.extend(versions)
-    config.input.add(name=CORE_INPUT, data_type=mc.TYPE_FP32, dims=[1, -1, -1])
-    config.output.add(name=CORE_OUTPUT, data_type=mc.TYPE_FP32, dims=[2, -1, -1])
-    # Queue delay chosen by bench/bench_batching.py: on CPU a longer wait buys no throughput.
-    config.dynamic_batching.max_queue_delay_microseconds = 2000 if local else 5000
+    tile = [spec.tile_px, spec.tile_px]
+    if batched:
+        config.max_batch_size = 8 if local else 16
+        config.input.add(name=CORE_INPUT, data_type=mc.TYPE_FP32, dims=[1, -1, -1])
+        config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[2, -1, -1])
+        # Queue delay chosen with bench/bench_batching.py: on CPU a longer wait buys no throughput.
+        config.dynamic_batching.max_queue_delay_microseconds = 2000 if local else 5000
+        if not local:
+            config.dynamic_batching.preferred_batch_size.extend([8, 16])
+        warmup_dims = [1, *tile]
+    else:
+        config.input.add(name=CORE_INPUT, data_type=mc.TYPE_FP32, dims=[1, 1, -1, -1])
+        boxes, scores, masks = CORE_OUTPUTS["instance"]
+        config.output.add(name=boxes, data_type=mc.TYPE_FP32, dims=[-1, 4])
+        config.output.add(name=scores, data_type=mc.TYPE_FP32, dims=[-1])
+        config.output.add(name=masks, data_type=mc.TYPE_FP32, dims=[-1, 28, 28])
+        warmup_dims = [1, 1, *tile]
     warmup = config.model_warmup.add(name="tile", batch_size=1)
     warmup.inputs[CORE_INPUT].CopyFrom(
-        mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=[1, tile_px, tile_px], zero_data=True)
+        mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=warmup_dims, zero_data=True)
     )
     if local:
-        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        # One ONNX Runtime session of 2 threads per instance; instance networks get two, so the
+        # tiles of a frame (one per request) overlap with each other's pre/post-processing.
+        config.instance_group.add(count=1 if batched else 2, kind=mc.ModelInstanceGroup.KIND_CPU)
         config.parameters["intra_op_threads"].string_value = "2"
         return config
-    config.dynamic_batching.preferred_batch_size.extend([8, 16])
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)
+    config.instance_group.add(count=1 if batched else 2, kind=mc.ModelInstanceGroup.KIND_GPU)
     accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
     accelerator.parameters["precision_mode"] = "FP16"
     accelerator.parameters["max_workspace_size_bytes"] = str(2 << 30)
@@ -131,11 +118,11 @@ def write_configs(repository: Path, flavour: str = "local") -> list[Path]:
     written = []
     for pipeline in pipelines_in(repository):
         versions = versions_of(repository, pipeline)
-        tile_px = PipelineSpec.read(repository / pipeline / str(versions[-1]) / "pipeline.json").tile_px
+        spec = PipelineSpec.read(repository / pipeline / str(versions[-1]) / "pipeline.json")
         core = f"{pipeline}_core"
         for name, config in (
             (pipeline, pipeline_config(pipeline, versions)),
-            (core, core_config(core, versions, flavour, tile_px)),
+            (core, core_config(core, versions, flavour, spec)),
         ):
             path = repository / name / "config.pbtxt"
             path.write_text(text_format.MessageToString(config))

@@ -2,6 +2,7 @@
 
 Copied by the repository builder to ``<pipeline>_core/<version>/model.py`` beside ``model.onnx``.
 (The GPU flavour serves the same ``model.onnx`` with Triton's native onnxruntime backend.)
+Inputs and outputs are the ONNX graph's own, by name, so one glue serves every network.
 """
 
 import json
@@ -16,20 +17,33 @@ from loopstream.serving.onnx_model import OnnxModel
 
 class TritonPythonModel:
     def initialize(self, args):
-        parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         threads = os.environ.get("LOOPSTREAM_ORT_THREADS") or parameters["intra_op_threads"]
         self.model = OnnxModel(path, intra_op_threads=int(threads))
+        self.batched = config["max_batch_size"] > 0
 
     def execute(self, requests):
-        # The Python backend hands over N requests unstacked: concatenate, run once, split.
-        images = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
-        if len({image.shape[1:] for image in images}) > 1:  # tiles of mixed sizes: one run each
-            return [self._respond(self.model(image)) for image in images]
-        logits = self.model(np.concatenate(images))
-        splits = np.cumsum([len(image) for image in images])[:-1]
-        return [self._respond(part) for part in np.split(logits, splits)]
+        inputs = [self._inputs(r) for r in requests]
+        if not self.batched or len(requests) == 1:
+            return [self._respond(self.model.run(i)) for i in inputs]
+        # Dynamic batching hands over N requests unstacked: concatenate, run once, split.
+        if len({tuple(a.shape[1:] for a in i.values()) for i in inputs}) > 1:
+            return [self._respond(self.model.run(i)) for i in inputs]  # mixed tile sizes
+        stacked = {name: np.concatenate([i[name] for i in inputs]) for name in inputs[0]}
+        outputs = self.model.run(stacked)
+        splits = np.cumsum([len(next(iter(i.values()))) for i in inputs])[:-1]
+        parts = {name: np.split(value, splits) for name, value in outputs.items()}
+        return [self._respond({name: p[k] for name, p in parts.items()}) for k in range(len(requests))]
+
+    def _inputs(self, request):
+        return {
+            name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            for name in self.model.input_names
+        }
 
     @staticmethod
-    def _respond(logits):
-        return pb_utils.InferenceResponse([pb_utils.Tensor("logits", np.ascontiguousarray(logits))])
+    def _respond(outputs):
+        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
+        return pb_utils.InferenceResponse(tensors)

@@ -1,1 +1,1 @@
-../../../loopstream/serving/backends/semantic_pipeline.py
+../../../loopstream/serving/backends/pipeline.py

@@ -1,0 +1,66 @@
+"""Frames as every pipeline receives them: validated, standardised and cut into tiles.
+
+Examples
+--------
+>>> import numpy as np
+>>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), tile_px=256, overlap_px=32)
+>>> prepared.tiles_input.shape
+(4, 1, 256, 256)
+>>> try:
+...     validate_frame(np.zeros((8, 8), np.uint8))
+... except FrameError as error:
+...     print(str(error)[:59])
+frame is 8 x 8 px; each side must be between 32 and 4096 px
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from loopstream.imaging import Tile, cut_tiles, standardise, tile_grid
+
+MIN_SIDE_PX = 32
+MAX_SIDE_PX = 4096
+FRAME_DTYPES = ("uint8", "uint16")
+
+
+class FrameError(ValueError):
+    """A frame no pipeline can analyse; the message says what was wrong and what to send."""
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    shape: tuple[int, int]
+    tiles: list[Tile]
+    tiles_input: np.ndarray  # [N, 1, tile, tile] float32, standardised
+
+
+def validate_frame(frame: np.ndarray) -> None:
+    """Raise FrameError unless ``frame`` is a 2-D uint8/uint16 image of a supported size."""
+    if frame.dtype.name not in FRAME_DTYPES:
+        raise FrameError(f"frame dtype is {frame.dtype.name}; send uint8 or uint16 camera counts")
+    if frame.ndim != 2:
+        raise FrameError(f"frame has shape {frame.shape}; send one greyscale image of shape [height, width]")
+    h, w = frame.shape
+    if min(h, w) < MIN_SIDE_PX or max(h, w) > MAX_SIDE_PX:
+        raise FrameError(
+            f"frame is {h} x {w} px; each side must be between {MIN_SIDE_PX} and {MAX_SIDE_PX} px "
+            "(bin or crop larger frames on the client)"
+        )
+
+
+def select_frame(frame_u8: np.ndarray | None, frame_u16: np.ndarray | None) -> np.ndarray:
+    """The one frame of a request, from whichever of the inputs FRAME_U8 / FRAME_U16 it carries."""
+    given = [f for f in (frame_u8, frame_u16) if f is not None]
+    if len(given) != 1:
+        raise FrameError("send exactly one of the inputs FRAME_U8 (uint8 frame) or FRAME_U16 (uint16 frame)")
+    return given[0]
+
+
+def prepare_frame(frame: np.ndarray, tile_px: int, overlap_px: int) -> PreparedFrame:
+    """Validate, standardise the whole frame, then cut overlapping tiles."""
+    validate_frame(frame)
+    tiles = tile_grid(frame.shape, tile_px, overlap_px)
+    return PreparedFrame(frame.shape, tiles, cut_tiles(standardise(frame), tiles))

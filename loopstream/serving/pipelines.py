@@ -1,0 +1,105 @@
+"""A pipeline version: frame in, loop detections out, whatever the model family.
+
+Both families cut the standardised frame into tiles, send them to their core network, and merge
+the answers: the semantic family stitches probability maps and splits instances by watershed
+(``loopstream.serving.semantic``); the instance family pastes per-tile instance masks and removes
+duplicates across tiles (``loopstream.serving.instance``). Triton's glue
+(``backends/pipeline.py``) and in-process runs (benchmarks, evaluation, tests) use this same code.
+
+Examples
+--------
+>>> import numpy as np
+>>> pipeline = Pipeline(PipelineSpec(tile_px=256, overlap_px=32))
+>>> prepared = pipeline.prepare(np.zeros((300, 400), np.uint16))
+>>> [batch["image"].shape for batch in pipeline.core_inputs(prepared)]
+[(4, 1, 256, 256)]
+>>> logits = {"logits": np.full((4, 2, 256, 256), -5.0, np.float32)}
+>>> len(pipeline.finish([logits], prepared))
+0
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from loopstream.serving import instance, semantic
+from loopstream.serving.frames import PreparedFrame, prepare_frame
+
+FAMILIES = ("semantic", "instance")
+CORE_INPUT = "image"  # the exported networks' own tensor names
+CORE_OUTPUTS = {"semantic": ("logits",), "instance": ("boxes", "scores", "mask_probs")}
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a pipeline version is, beyond its network: stored as ``<pipeline>/<v>/pipeline.json``."""
+
+    family: str = "semantic"
+    architecture: str = ""
+    description: str = ""
+    tile_px: int = 512
+    overlap_px: int = 64
+    threshold: float = 0.5  # semantic: on pixel probability; instance: on the detection score
+    min_area_px: int = 12
+    max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; choose one of {FAMILIES}")
+
+    @classmethod
+    def read(cls, path: Path) -> PipelineSpec:
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown pipeline settings {sorted(unknown)}")
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    spec: PipelineSpec
+
+    @property
+    def config(self) -> semantic.SemanticPipelineConfig | instance.InstancePipelineConfig:
+        s = self.spec
+        if s.family == "semantic":
+            return semantic.SemanticPipelineConfig(s.tile_px, s.overlap_px, s.threshold, s.min_area_px)
+        return instance.InstancePipelineConfig(
+            tile_px=s.tile_px, overlap_px=s.overlap_px, score_threshold=s.threshold, min_area_px=s.min_area_px
+        )
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return CORE_OUTPUTS[self.spec.family]
+
+    def prepare(self, frame: np.ndarray) -> PreparedFrame:
+        return prepare_frame(frame, self.spec.tile_px, self.spec.overlap_px)
+
+    def core_inputs(self, prepared: PreparedFrame) -> list[dict[str, np.ndarray]]:
+        """The core requests of a frame: its tiles, a few per request."""
+        tiles = prepared.tiles_input
+        step = 1 if self.spec.family == "instance" else self.spec.max_tiles_per_request
+        return [{CORE_INPUT: tiles[i : i + step]} for i in range(0, len(tiles), step)]
+
+    def finish(self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame) -> pd.DataFrame:
+        """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers, in order."""
+        if self.spec.family == "semantic":
+            logits = np.concatenate([o["logits"] for o in outputs])
+            return semantic.finish_frame(logits, prepared, self.config)
+        tiles = [instance.TileDetections.from_outputs(o) for o in outputs]
+        return instance.frame_detections(tiles, prepared, self.config)
+
+    def analyse(self, frame: np.ndarray, core: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
+        """The whole pipeline with a synchronous core call (in-process use)."""
+        prepared = self.prepare(frame)
+        return self.finish([core(inputs) for inputs in self.core_inputs(prepared)], prepared)
