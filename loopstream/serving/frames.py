@@ -59,8 +59,24 @@ def select_frame(frame_u8: np.ndarray | None, frame_u16: np.ndarray | None) -> n
     return given[0]
 
 
-def prepare_frame(frame: np.ndarray, tile_px: int, overlap_px: int) -> PreparedFrame:
-    """Validate, standardise the whole frame, then cut overlapping tiles."""
+def counts_8bit(frame: np.ndarray) -> np.ndarray:
+    """Camera counts on the 8-bit scale, float32: what networks that normalise inside take
+    (imported detectron2 models subtract their PIXEL_MEAN themselves); uint16 keeps its top byte.
+
+    >>> counts_8bit(np.array([[25600, 65535]], np.uint16)).tolist()
+    [[100.0, 255.99609375]]
+    """
+    image = frame.astype(np.float32)
+    return image / np.float32(256.0) if frame.dtype == np.uint16 else image
+
+
+NORMALISATIONS = {"standardise": standardise, "counts_8bit": counts_8bit}
+
+
+def prepare_frame(
+    frame: np.ndarray, tile_px: int, overlap_px: int, normalisation: str = "standardise"
+) -> PreparedFrame:
+    """Validate, normalise the whole frame (per-frame standardisation by default), then cut tiles."""
     validate_frame(frame)
     tiles = tile_grid(frame.shape, tile_px, overlap_px)
-    return PreparedFrame(frame.shape, tiles, cut_tiles(standardise(frame), tiles))
+    return PreparedFrame(frame.shape, tiles, cut_tiles(NORMALISATIONS[normalisation](frame), tiles))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from loopstream.serving import instance, semantic
-from loopstream.serving.frames import PreparedFrame, prepare_frame
+from loopstream.serving.frames import NORMALISATIONS, PreparedFrame, prepare_frame
 
 FAMILIES = ("semantic", "instance")
 CORE_INPUT = "image"  # the exported networks' own tensor names
@@ -48,10 +48,15 @@ class PipelineSpec:
     threshold: float = 0.5  # semantic: on pixel probability; instance: on the detection score
     min_area_px: int = 12
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
+    normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; choose one of {FAMILIES}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"unknown normalisation {self.normalisation!r}; choose one of {list(NORMALISATIONS)}"
+            )
 
     @classmethod
     def read(cls, path: Path) -> PipelineSpec:
@@ -83,7 +88,7 @@ class Pipeline:
         return CORE_OUTPUTS[self.spec.family]
 
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
-        return prepare_frame(frame, self.spec.tile_px, self.spec.overlap_px)
+        return prepare_frame(frame, self.spec.tile_px, self.spec.overlap_px, self.spec.normalisation)
 
     def core_inputs(self, prepared: PreparedFrame) -> list[dict[str, np.ndarray]]:
         """The core requests of a frame: its tiles, a few per request."""
