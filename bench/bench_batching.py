@@ -10,7 +10,6 @@ the mean core batch size (inference count / execution count from Triton's statis
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from loopstream.client.inference import FrameResult, InferenceStream
 from loopstream.client.sources import Frame
+from loopstream.serving.repository import build_flavour
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
@@ -30,7 +30,7 @@ CORE = "loops_semantic_core"
 
 
 def with_queue_delay(source: Path, target: Path, delay_us: int) -> Path:
-    shutil.copytree(source, target, symlinks=True)
+    build_flavour(source, target, "local")
     path = target / CORE / "config.pbtxt"
     config = text_format.Parse(path.read_text(), mc.ModelConfig())
     config.dynamic_batching.max_queue_delay_microseconds = delay_us
@@ -80,7 +80,12 @@ def main() -> None:
     for delay in args.delays_us:
         with tempfile.TemporaryDirectory() as tmp:
             repository = with_queue_delay(REPOSITORY, Path(tmp) / "repository", delay)
-            options = TritonOptions(repository=repository, ports=TritonPorts.ephemeral())
+            options = TritonOptions(
+                repository=repository,
+                ports=TritonPorts.ephemeral(),
+                model_control="explicit",
+                load_models=(CORE, "loops_semantic"),
+            )
             server = start_triton(options, Path(tmp) / "cache", Path(tmp) / "tritonserver.log")
             try:
                 url = f"127.0.0.1:{options.ports.grpc}"

@@ -130,6 +130,7 @@ class InferenceStream:
             self.model_name,
             [tensor],
             model_version=self.model_version,
+            outputs=[triton.InferRequestedOutput("DETECTIONS")],  # not the optional MASKS_RLE
             request_id=str(frame.index),
             parameters={"session_id": self.session_id, "frame_index": frame.index},
         )

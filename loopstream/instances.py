@@ -22,6 +22,8 @@ import pandas as pd
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from loopstream.masks import MaskCrop
+
 DETECTION_COLUMNS = [
     "score",
     "x_px",
@@ -107,6 +109,13 @@ def detections_from_labels(labels: np.ndarray, score_map: np.ndarray | None = No
     if not rows:
         return empty_detections()
     return pd.DataFrame(rows, columns=DETECTION_COLUMNS).astype(np.float32)
+
+
+def mask_crops(labels: np.ndarray) -> list[MaskCrop]:
+    """Each labelled region's mask within its bounding box, in the row order of ``detections_from_labels``."""
+    return [
+        MaskCrop(xs.start, ys.start, labels[ys, xs] == label) for label, (ys, xs) in _region_slices(labels)
+    ]
 
 
 def ellipse_of_contour(contour: np.ndarray) -> tuple[float, float, float, float, float]:

@@ -9,6 +9,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loopstream.client.shadow import agreement
+from loopstream.masks import decode_mask
 from loopstream.serving.onnx_model import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
@@ -45,6 +47,36 @@ def test_served_pipeline_finds_the_same_loops_as_in_process(client, size: int, d
     assert len(served) > 0
     assert served.shape == local.shape
     np.testing.assert_allclose(served[:, 1:3], local[:, 1:3], atol=0.05)  # centres, px
+
+
+def test_a_2048_px_frame_tiled_in_triton_gives_the_loops_of_the_untiled_frame(client) -> None:
+    """Tiles, stitching and seams lose, cut and double no loop: compare with one untiled run."""
+    frame = SimulatedMicroscope(SimulationConfig(shape=(2048, 2048), initial_loops=16), seed=2048).render(0)
+    served = _infer(client, frame)
+    untiled_spec = PipelineSpec(**{**SHIPPED.spec.__dict__, "tile_px": 2048})
+    untiled = Pipeline(untiled_spec).analyse(frame, OnnxModel(CORE_MODEL).run).to_numpy(np.float32)
+    assert len(untiled) > 100
+    match = agreement(untiled, served)
+    assert match.f1 >= 0.98, f"{match}"
+    assert abs(len(served) - len(untiled)) <= 0.01 * len(untiled), "loops doubled or lost at tile borders"
+
+
+@pytest.mark.parametrize("model", [PIPELINE, INSTANCE])
+def test_masks_come_run_length_encoded_only_when_asked_for(client, model: str) -> None:
+    frame = SimulatedMicroscope(SimulationConfig(shape=(512, 512)), seed=12).render(0)
+    tensor = triton.InferInput("FRAME_U16", frame.shape, "UINT16")
+    tensor.set_data_from_numpy(frame)
+    plain = client.infer(model, [tensor], outputs=[triton.InferRequestedOutput("DETECTIONS")])
+    assert plain.as_numpy("MASKS_RLE") is None
+    result = client.infer(model, [tensor])  # no outputs named: all of them, masks included
+    detections, encoded = result.as_numpy("DETECTIONS"), result.as_numpy("MASKS_RLE")
+    assert len(detections) > 0 and len(encoded) == len(detections)
+    for row, blob in zip(detections, encoded, strict=True):
+        mask = decode_mask(blob, frame.shape)
+        ys, xs = np.nonzero(mask)
+        assert mask.sum() == row[6], "mask area = the detection's area_px"
+        assert (xs.min(), ys.min()) == (row[7], row[8]), "mask starts at the detection's bbox"
+        assert abs(xs.mean() - row[1]) < 2 and abs(ys.mean() - row[2]) < 2
 
 
 def test_served_instance_pipeline_finds_the_same_loops_as_in_process(client) -> None:

@@ -14,8 +14,9 @@ Examples
 >>> [batch["image"].shape for batch in pipeline.core_inputs(prepared)]
 [(4, 1, 256, 256)]
 >>> logits = {"logits": np.full((4, 2, 256, 256), -5.0, np.float32)}
->>> len(pipeline.finish([logits], prepared))
-0
+>>> detections, masks = pipeline.finish([logits], prepared)
+>>> len(detections), len(masks)
+(0, 0)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopstream.masks import MaskCrop
 from loopstream.serving import instance, semantic
 from loopstream.serving.frames import NORMALISATIONS, PreparedFrame, prepare_frame
 
@@ -96,15 +98,21 @@ class Pipeline:
         step = 1 if self.spec.family == "instance" else self.spec.max_tiles_per_request
         return [{CORE_INPUT: tiles[i : i + step]} for i in range(0, len(tiles), step)]
 
-    def finish(self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame) -> pd.DataFrame:
-        """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers, in order."""
+    def finish(
+        self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame
+    ) -> tuple[pd.DataFrame, list[MaskCrop]]:
+        """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers (in
+        request order), and each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
             logits = np.concatenate([o["logits"] for o in outputs])
             return semantic.finish_frame(logits, prepared, self.config)
         tiles = [instance.TileDetections.from_outputs(o) for o in outputs]
-        return instance.frame_detections(tiles, prepared, self.config)
+        loops = instance.frame_instances(tiles, prepared, self.config)
+        return instance.detections_from_instances(loops), [MaskCrop(i.x0, i.y0, i.mask) for i in loops]
 
-    def analyse(self, frame: np.ndarray, core: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
-        """The whole pipeline with a synchronous core call (in-process use)."""
+    def analyse(
+        self, frame: np.ndarray, core: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    ) -> pd.DataFrame:
+        """Detections of a frame with a synchronous core call (in-process use)."""
         prepared = self.prepare(frame)
-        return self.finish([core(inputs) for inputs in self.core_inputs(prepared)], prepared)
+        return self.finish([core(inputs) for inputs in self.core_inputs(prepared)], prepared)[0]

@@ -10,8 +10,9 @@ Examples
 >>> from loopstream.serving.frames import prepare_frame
 >>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), tile_px=256, overlap_px=32)
 >>> config = SemanticPipelineConfig(tile_px=256, overlap_px=32)
->>> finish_frame(np.full((4, 2, 256, 256), -5.0, np.float32), prepared, config).shape[0]
-0
+>>> detections, masks = finish_frame(np.full((4, 2, 256, 256), -5.0, np.float32), prepared, config)
+>>> len(detections), len(masks)
+(0, 0)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from loopstream.imaging import stitch
-from loopstream.instances import detections_from_labels, labels_from_probability
+from loopstream.instances import detections_from_labels, labels_from_probability, mask_crops
+from loopstream.masks import MaskCrop
 from loopstream.serving.frames import PreparedFrame
 
 
@@ -34,10 +36,12 @@ class SemanticPipelineConfig:
     min_area_px: int = 12
 
 
-def finish_frame(logits: np.ndarray, prepared: PreparedFrame, config: SemanticPipelineConfig) -> pd.DataFrame:
-    """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core model's tile logits."""
+def finish_frame(
+    logits: np.ndarray, prepared: PreparedFrame, config: SemanticPipelineConfig
+) -> tuple[pd.DataFrame, list[MaskCrop]]:
+    """Detections (``loopstream.instances.DETECTION_COLUMNS``) and their masks, from tile logits."""
     probability = 1.0 / (1.0 + np.exp(-stitch(logits, prepared.tiles, prepared.shape)))
     labels = labels_from_probability(
         probability[0], probability[1], threshold=config.threshold, min_area_px=config.min_area_px
     )
-    return detections_from_labels(labels, probability[0])
+    return detections_from_labels(labels, probability[0]), mask_crops(labels)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from loopstream.masks import encode_mask
 from loopstream.serving.frames import FrameError, select_frame
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 
@@ -48,8 +49,13 @@ class TritonPythonModel:
             }
             for r in replies
         ]
-        detections = self.pipeline.finish(outputs, prepared).to_numpy(np.float32)
-        return pb_utils.InferenceResponse([pb_utils.Tensor("DETECTIONS", detections)])
+        detections, masks = self.pipeline.finish(outputs, prepared)
+        tensors = [pb_utils.Tensor("DETECTIONS", detections.to_numpy(np.float32))]
+        if "MASKS_RLE" in request.requested_output_names():  # only when asked: it costs encoding
+            tensors.append(
+                pb_utils.Tensor("MASKS_RLE", np.array([encode_mask(m) for m in masks], dtype=object))
+            )
+        return pb_utils.InferenceResponse(tensors)
 
     def _infer_core(self, inputs):
         return pb_utils.InferenceRequest(
