@@ -3,23 +3,27 @@
 Policy commands rewrite the A/B policy file the tracker reloads (``--policy-file``; in a cluster,
 the file mounted from the ConfigMap). A version enters the policy only once every Triton replica
 serves it (``load`` first), so no session is ever assigned a version its replica lacks.
-Every flag has an environment variable (LOOPSTREAM_<FLAG>).
+``status`` and ``compare`` ask the tracker (``--tracker``) what it has loaded and measured.
+Every flag has an environment variable (LOOPSTREAM_<FLAG>; the tracker's are
+LOOPSTREAM_TRACKER_URL and LOOPSTREAM_TRACKER_TOKEN).
 
 Example::
 
     loopstream-rollout --replicas 10.0.0.1:8001,10.0.0.2:8001 load 2
     loopstream-rollout set-weights 1=0.9 2=0.1 --shadow 2=0.05
-    loopstream-rollout compare --stats arms.csv
+    loopstream-rollout --tracker 10.0.0.5:50061 compare
     loopstream-rollout promote 2        # or: rollback 1
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 from pathlib import Path
 
+import grpc
 import pandas as pd
 from tritonclient.utils import InferenceServerException
 
@@ -31,6 +35,7 @@ from loopstream.pool import (
     served_versions,
     static_replicas,
 )
+from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.rollout import (
     Policy,
     PolicyFile,
@@ -40,16 +45,9 @@ from loopstream.tracker.rollout import (
     with_weights,
     write_policy,
 )
+from loopstream.tracker.statistics import ARM_STATISTICS
+from loopstream.v1 import tracker_pb2 as pb
 
-ARM_STATISTICS = [
-    "arm_version",
-    "sessions",
-    "frames",
-    "loops_per_frame",
-    "mean_major_nm",
-    "latency_p50_s",
-    "shadow_f1",
-]
 # shadow_f1 is shown, not differenced: only sessions off the candidate shadow, so it has no control value.
 COMPARED = ["loops_per_frame", "mean_major_nm", "latency_p50_s"]
 
@@ -61,7 +59,7 @@ def compare_arms(stats: pd.DataFrame, control: str) -> pd.DataFrame:
 
     >>> stats = pd.DataFrame({"arm_version": ["1", "2"], "sessions": [9, 1], "frames": [900, 100],
     ...     "loops_per_frame": [20.0, 22.0], "mean_major_nm": [10.0, 9.0],
-    ...     "latency_p50_s": [0.1, 0.1], "shadow_f1": [0.95, float("nan")]})
+    ...     "latency_p50_s": [0.1, 0.1], "shadow_f1": [0.95, float("nan")], "shadow_frames": [45, 0]})
     >>> compare_arms(stats, "1").loc["2", ["loops_per_frame_diff", "mean_major_nm_rel_pct"]].tolist()
     [2.0, -10.0]
     """
@@ -87,7 +85,7 @@ def format_comparison(table: pd.DataFrame, control: str) -> str:
             cells[metric] = f"{row[metric]:.4g}"
             if arm != control:
                 cells[metric] += f" ({row[f'{metric}_diff']:+.3g}, {row[f'{metric}_rel_pct']:+.1f} %)"
-        cells["shadow_f1"] = f"{row['shadow_f1']:.3f}"
+        cells["shadow_f1"] = f"{row['shadow_f1']:.3f} ({row['shadow_frames']:.0f} frames)"
         rows[f"{arm} (control)" if arm == control else arm] = cells
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm").to_string()
 
@@ -111,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grpc-port-name", default=_env("GRPC_PORT_NAME", "grpc"), help="its gRPC port's name"
     )
+    parser.add_argument("--tracker", default=_env("TRACKER_URL"), help="tracker host:port (status, compare)")
+    parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="the tracker's bearer token")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="the policy, and the versions each replica serves")
+    commands.add_parser(
+        "status", help="the policy (in the file and loaded by the tracker), the versions each replica serves"
+    )
     load = commands.add_parser("load", help="load a version on every replica, keeping the others")
     load.add_argument("version", type=int)
     weights = commands.add_parser("set-weights", help="shares of new sessions, e.g. 1=0.9 2=0.1")
@@ -125,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("rollback", "all new sessions back on VERSION"),
     ):
         commands.add_parser(name, help=text).add_argument("version", type=int)
-    compare = commands.add_parser("compare", help="per-arm statistics against the control arm")
+    compare = commands.add_parser("compare", help="the tracker's per-arm statistics against the control arm")
     compare.add_argument(
-        "--stats",
-        type=Path,
-        required=True,
-        help=f"CSV of per-arm statistics, columns {','.join(ARM_STATISTICS)}",
+        "--since", type=float, default=0.0, help="only sessions opened after this Unix time (default: all)"
+    )
+    compare.add_argument(
+        "--pipeline", help="pipeline whose arms to compare (default: the tracker's policy's)"
     )
     compare.add_argument("--control", help="control arm (default: the policy's largest share)")
     return parser
@@ -193,14 +195,57 @@ def _change_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    policy = PolicyFile(_policy_file(args)).current()
+def _tracker(args: argparse.Namespace) -> TrackerClient:
+    if not args.tracker:
+        raise ValueError("give the tracker: --tracker host:port (or LOOPSTREAM_TRACKER_URL)")
+    return TrackerClient(args.tracker, args.token)
+
+
+def _loaded_policy(args: argparse.Namespace) -> tuple[Policy | None, float]:
+    """The policy the tracker has loaded (None when it runs without one), and when it loaded it."""
+    client = _tracker(args)
+    try:
+        reply = client.GetPolicy(pb.PolicyRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        raise ConnectionError(f"tracker at {args.tracker}: {exc.details()}") from exc
+    finally:
+        client.close()
+    return (Policy.from_json(reply.policy_json) if reply.policy_json else None), reply.loaded_at_unix_s
+
+
+def _print_policy(policy: Policy) -> None:
     print(f"pipeline {policy.pipeline}, control arm {policy.control}")
     for version, weight in policy.arms.items():
         print(f"  arm {version}: {100 * weight:.1f} % of new sessions")
     if policy.shadow:
         print(f"  shadow {policy.shadow.version}: {100 * policy.shadow.fraction:.1f} % of frames")
-    if args.replicas or args.triton_service:
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.policy_file is None and not args.tracker:
+        raise ValueError("give --policy-file, --tracker or both")
+    policy = None
+    if args.policy_file is not None:
+        policy = PolicyFile(args.policy_file).current()
+        print(f"policy file {args.policy_file}:")
+        _print_policy(policy)
+    if args.tracker:
+        loaded, loaded_at = _loaded_policy(args)
+        if loaded is None:
+            print(f"tracker {args.tracker}: no A/B policy (every session on its default model)")
+        else:
+            when = datetime.datetime.fromtimestamp(loaded_at, datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            )
+            in_sync = (
+                ""
+                if policy is None
+                else (" (as in the file)" if loaded == policy else " (NOT the file's yet)")
+            )
+            print(f"tracker {args.tracker}: loaded at {when}{in_sync}")
+            _print_policy(loaded)
+            policy = policy or loaded
+    if policy is not None and (args.replicas or args.triton_service):
         for replica in _replicas(args):
             try:
                 print(f"  replica {replica}: serves {served_versions(replica, policy.pipeline)}")
@@ -217,11 +262,29 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def arm_table(reply: pb.ArmStatisticsReply) -> pd.DataFrame:
+    """GetArmStatistics as a DataFrame, one row per arm (columns ARM_STATISTICS)."""
+    return pd.DataFrame(
+        [{c: getattr(arm, c) for c in ARM_STATISTICS} for arm in reply.arms], columns=ARM_STATISTICS
+    )
+
+
 def _compare(args: argparse.Namespace) -> int:
-    control = args.control
-    if control is None:
-        control = PolicyFile(_policy_file(args)).current().control
-    print(format_comparison(compare_arms(pd.read_csv(args.stats), control), control))
+    policy, _ = _loaded_policy(args)
+    if policy is None and (args.pipeline is None or args.control is None):
+        raise ValueError("the tracker has no A/B policy: give --pipeline and --control")
+    pipeline = args.pipeline or policy.pipeline
+    control = args.control or policy.control
+    client = _tracker(args)
+    try:
+        reply = client.GetArmStatistics(
+            pb.ArmStatisticsRequest(pipeline=pipeline, since_unix_s=args.since), timeout=60
+        )
+    except grpc.RpcError as exc:
+        raise ConnectionError(f"tracker at {args.tracker}: {exc.details()}") from exc
+    finally:
+        client.close()
+    print(format_comparison(compare_arms(arm_table(reply), control), control))
     return 0
 
 

@@ -15,6 +15,7 @@ Example (with services running)::
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,14 @@ import grpc
 
 from loopstream.client.backpressure import FrameGate, Policy
 from loopstream.client.inference import FrameResult, InferenceStream
+from loopstream.client.shadow import ShadowJoin, agreement
 from loopstream.client.sources import Frame
 from loopstream.client.tracker_link import DetectionStream, auth_metadata, loops_message, open_channel
+from loopstream.tracker.rollout import shadows_frame
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class SessionReport:
     loops: int = 0
     triton_reconnects: int = 0
     tracker_reconnects: int = 0
+    shadowed: int = 0  # frames forwarded with a shadow candidate's agreement
     elapsed_s: float = 0.0
     latency_s: list[float] = field(default_factory=list)
 
@@ -77,7 +83,13 @@ class SessionReport:
 
 
 class MicroscopeSession:
-    """One open tracker session streaming through one Triton stream and one tracker stream."""
+    """One open tracker session streaming through one Triton stream and one tracker stream.
+
+    A session the tracker assigned a shadow candidate also sends the frames ``shadows_frame``
+    picks to that version on a second Triton stream; each such frame is forwarded once both
+    answers are in (or the candidate failed), with the agreement attached and the session's own
+    detections unchanged.
+    """
 
     def __init__(self, endpoints: Endpoints, spec: pb.SessionSpec) -> None:
         self.endpoints = endpoints
@@ -110,9 +122,19 @@ class MicroscopeSession:
             session_id=self.session.session_id,
             shared_memory=endpoints.shared_memory,
         )
-        self._gate = FrameGate(
-            self._triton.submit, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps
-        )
+        self._join = ShadowJoin(self._forward)
+        self._candidate: InferenceStream | None = None
+        if self.session.shadow_model_version:
+            self._candidate = InferenceStream(
+                endpoints.triton,
+                self.session.model_name,
+                self._on_candidate_result,
+                model_version=self.session.shadow_model_version,
+                max_in_flight=endpoints.max_in_flight,
+                reconnect_timeout_s=endpoints.reconnect_timeout_s,
+                session_id=self.session.session_id,
+            )
+        self._gate = FrameGate(self._analyse, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps)
         self._started = time.monotonic()
 
     def submit(self, frame: Frame) -> None:
@@ -130,8 +152,11 @@ class MicroscopeSession:
     def close(self) -> SessionReport:
         """Wait for every frame to be analysed and stored, then close the streams (not the session)."""
         try:
-            self._gate.close()
-            self._triton.close()
+            try:
+                self._gate.close()
+                self._triton.close()
+            finally:
+                self._close_candidate()
         finally:
             self._tracker.close()
         self.report.skipped = list(self._gate.skipped)
@@ -140,7 +165,31 @@ class MicroscopeSession:
         self.report.tracker_reconnects = self._tracker.reconnects
         return self.report
 
+    def _analyse(self, frame: Frame) -> None:
+        """Send a frame to the session's version, and to the candidate if this frame shadows."""
+        candidate = self._candidate
+        shadowed = candidate is not None and shadows_frame(
+            self.session.session_id, frame.index, self.session.shadow_fraction
+        )
+        self._join.expect(frame.index, shadowed)
+        self._triton.submit(frame)
+        if shadowed:
+            try:
+                candidate.submit(frame)
+            except Exception:  # the candidate stream is gone: the session goes on without shadow
+                log.exception("shadow candidate %s failed; shadowing stops", candidate.model_version)
+                self._stop_shadowing()
+
     def _on_result(self, result: FrameResult) -> None:
+        self._join.session_answered(result)
+
+    def _on_candidate_result(self, result: FrameResult) -> None:
+        if result.error is not None:
+            log.warning("shadow candidate failed on frame %d: %s", result.frame.index, result.error)
+        self._join.candidate_answered(result.frame.index, None if result.error else result)
+
+    def _forward(self, result: FrameResult, candidate: FrameResult | None) -> None:
+        """Forward one frame to the tracker: ShadowJoin calls this once per frame, in frame order."""
         if result.error is not None:
             with self._lock:
                 self.report.failed.append(result.error)
@@ -152,18 +201,46 @@ class MicroscopeSession:
             self.report.loops += len(detections)
             self.report.latency_s.append(result.latency_s)
         h, w = frame.image.shape[-2:]
-        self._tracker.send(
-            pb.FrameDetections(
-                session_id=self.session.session_id,
-                frame_index=frame.index,
-                timestamp_s=frame.timestamp_s,
-                model_name=self.session.model_name,
-                model_version=self.session.model_version,
-                width_px=w,
-                height_px=h,
-                loops=loops_message(detections),
-            )
+        message = pb.FrameDetections(
+            session_id=self.session.session_id,
+            frame_index=frame.index,
+            timestamp_s=frame.timestamp_s,
+            model_name=self.session.model_name,
+            model_version=self.session.model_version,
+            width_px=w,
+            height_px=h,
+            loops=loops_message(detections),
+            latency_s=result.latency_s,
         )
+        if candidate is not None:
+            with self._lock:
+                self.report.shadowed += 1
+            agreed = agreement(detections, candidate.detections)
+            message.shadow.CopyFrom(
+                pb.ShadowAgreement(
+                    model_version=self.session.shadow_model_version,
+                    candidate_loop_count=agreed.candidate_count,
+                    matched=agreed.matched,
+                    f1=agreed.f1,
+                    latency_s=candidate.latency_s,
+                )
+            )
+        self._tracker.send(message)
+
+    def _stop_shadowing(self) -> None:
+        self._candidate = None
+        self._join.abandon_candidates()
+
+    def _close_candidate(self) -> None:
+        """Drain the candidate stream; if it cannot, forward its frames without agreement."""
+        candidate = self._candidate
+        if candidate is None:
+            return
+        try:
+            candidate.close()
+        except Exception:
+            log.exception("shadow candidate %s failed while draining", candidate.model_version)
+        self._stop_shadowing()
 
     def _on_ack(self, ack: pb.Ack) -> None:
         with self._lock:

@@ -17,12 +17,16 @@ Agreement(matched=1, session_count=1, candidate_count=1, f1=1.0)
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from loopstream.client.inference import FrameResult
 from loopstream.instances import DETECTION_COLUMNS
 
 MIN_IOU = 0.5
@@ -102,3 +106,61 @@ def agreement(
     total = n_session + n_candidate
     f1 = 2 * matched / total if total else 1.0
     return Agreement(matched, n_session, n_candidate, f1)
+
+
+@dataclass
+class _Waiting:
+    shadowed: bool
+    session: FrameResult | None = None
+    candidate: FrameResult | None = None
+    candidate_done: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.session is not None and (self.candidate_done or not self.shadowed)
+
+
+class ShadowJoin:
+    """Pairs each frame's session answer with its candidate answer, and releases frames in order.
+
+    The tracker takes a session's frames in increasing index order only, so a frame answered
+    early waits behind a shadowed one whose candidate answer is still out. ``release`` is called
+    exactly once per expected frame, under the join's lock (so releases never interleave), with
+    the session's answer and the candidate's (None when not shadowed or when the candidate failed).
+    """
+
+    def __init__(self, release: Callable[[FrameResult, FrameResult | None], None]) -> None:
+        self.release = release
+        self._waiting: OrderedDict[int, _Waiting] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def expect(self, frame_index: int, shadowed: bool) -> None:
+        """Register a frame before it is submitted anywhere (answers can come back at once)."""
+        with self._lock:
+            self._waiting[frame_index] = _Waiting(shadowed)
+
+    def session_answered(self, result: FrameResult) -> None:
+        with self._lock:
+            self._waiting[result.frame.index].session = result
+            self._release_ready()
+
+    def candidate_answered(self, frame_index: int, result: FrameResult | None) -> None:
+        """The candidate's answer, or None when it failed: the frame then goes on without agreement."""
+        with self._lock:
+            waiting = self._waiting.get(frame_index)
+            if waiting is None or waiting.candidate_done:
+                return  # already abandoned (the candidate stream failed earlier)
+            waiting.candidate, waiting.candidate_done = result, True
+            self._release_ready()
+
+    def abandon_candidates(self) -> None:
+        """Stop waiting for any candidate answer (the candidate stream is gone)."""
+        with self._lock:
+            for waiting in self._waiting.values():
+                waiting.candidate_done = True
+            self._release_ready()
+
+    def _release_ready(self) -> None:
+        while self._waiting and next(iter(self._waiting.values())).complete:
+            _, waiting = self._waiting.popitem(last=False)
+            self.release(waiting.session, waiting.candidate)

@@ -28,6 +28,7 @@ class LocalStack:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     triton_ports: TritonPorts = field(default_factory=TritonPorts.ephemeral)
     tracker_db: Path | None = None
+    ab_policy: Path | None = None  # the tracker's --ab-policy file; None = every session on the default
     triton: ServiceProcess | None = None
     tracker: ServiceProcess | None = None
     tracker_port: int = 0
@@ -79,6 +80,8 @@ class LocalStack:
             "--metrics-port=0",
             f"--db={db}",
         ]
+        if self.ab_policy is not None:
+            argv.append(f"--ab-policy={self.ab_policy}")
         self.tracker = ServiceProcess("tracker", argv, env, self.workdir / "tracker.log").start()
 
         def serving() -> bool:

@@ -62,7 +62,7 @@ def test_sessions_keep_their_arm_and_policy_changes_steer_new_sessions_only(tmp_
     policies = PolicyFile(path)
     spec = {"microscope_id": "m1", "pixel_size_nm": 1.0, "frame_rate_hz": 10.0}
     with Store(tmp_path / "tracker.db", synchronous="NORMAL") as store:
-        engine = TrackerEngine(store, model_for=lambda sid: (PIPELINE, assign_arm(policies.current(), sid)))
+        engine = TrackerEngine(store, assign=policies.assign)
 
         def open_sessions(n: int) -> dict[str, str]:
             return {
@@ -176,9 +176,7 @@ def test_shadow_agreement_is_one_for_identical_detections_and_lower_for_shifted_
     assert agreement(session[:0], session[:0]).f1 == 1.0
 
 
-def test_compare_prints_differences_against_the_control_arm(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_compare_shows_differences_against_the_control_arm() -> None:
     stats = pd.DataFrame(
         {
             "arm_version": [1, 2],
@@ -188,16 +186,12 @@ def test_compare_prints_differences_against_the_control_arm(
             "mean_major_nm": [12.0, 11.4],
             "latency_p50_s": [0.20, 0.22],
             "shadow_f1": [0.91, np.nan],
+            "shadow_frames": [450, 0],
         }
     )
-    stats.to_csv(tmp_path / "arms.csv", index=False)
-    write_policy(tmp_path / "ab-policy.json", Policy(PIPELINE, {"1": 0.9, "2": 0.1}))
-    code = rollout_cli.main(
-        ["--policy-file", str(tmp_path / "ab-policy.json"), "compare", "--stats", str(tmp_path / "arms.csv")]
-    )
-    out = capsys.readouterr().out
-    assert code == 0 and "1 (control)" in out and "25 (+5, +25.0 %)" in out
     table = rollout_cli.compare_arms(stats, "1")
+    out = rollout_cli.format_comparison(table, "1")
+    assert "1 (control)" in out and "25 (+5, +25.0 %)" in out and "0.910 (450 frames)" in out
     assert table.loc["2", "loops_per_frame_rel_pct"] == pytest.approx(25.0)
     assert table.loc["2", "mean_major_nm_diff"] == pytest.approx(-0.6)
     with pytest.raises(ValueError, match="control arm '3'"):

@@ -20,8 +20,9 @@ import pandas as pd
 from loopstream.tracker import statistics
 from loopstream.tracker.drift import DriftEstimator, predicted_drift
 from loopstream.tracker.linking import SessionLinker
+from loopstream.tracker.rollout import Assignment
 from loopstream.tracker.store import Store
-from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, frame_problem
+from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput, frame_problem
 
 log = logging.getLogger("loopstream.tracker")
 
@@ -68,11 +69,11 @@ class TrackerEngine:
         store: Store,
         defaults: Defaults | None = None,
         on_commit: Callable[[float], None] | None = None,
-        model_for: Callable[[str], tuple[str, str]] | None = None,
+        assign: Callable[[str], Assignment] | None = None,
     ) -> None:
         self.store = store
         self.defaults = defaults or Defaults()
-        self.model_for = model_for  # session id -> (model name, version), e.g. an A/B policy
+        self.assign = assign  # session id -> its arm (and shadow), e.g. from an A/B policy
         self.on_commit = on_commit  # metrics hook: seconds one frame's transaction took
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
@@ -89,9 +90,7 @@ class TrackerEngine:
         d = self.defaults
         memory = spec.get("memory_frames", 0)
         session_id = str(uuid.uuid4())
-        model_name, model_version = (
-            self.model_for(session_id) if self.model_for else (d.model_name, d.model_version)
-        )
+        arm = self.assign(session_id) if self.assign else Assignment(d.model_name, d.model_version)
         session = {
             "session_id": session_id,
             "microscope_id": spec.get("microscope_id", ""),
@@ -100,12 +99,14 @@ class TrackerEngine:
             "frame_rate_hz": float(spec["frame_rate_hz"]),
             "dose_rate_ions_cm2_s": float(spec.get("dose_rate_ions_cm2_s", 0.0)),
             "model_family": int(spec.get("model_family", 0)),
-            "model_name": model_name,
-            "model_version": model_version,
+            "model_name": arm.model_name,
+            "model_version": arm.model_version,  # the arm: stored once, never updated
             "search_range_nm": float(spec.get("search_range_nm") or d.search_range_nm),
             "memory_frames": d.memory_frames if memory == 0 else max(int(memory), 0),
             "opened_at_unix_s": time.time(),
             "closed": 0,
+            "shadow_model_version": arm.shadow_version,
+            "shadow_fraction": arm.shadow_fraction,
         }
         self.store.add_session(session)
         log.info(
@@ -230,6 +231,8 @@ class TrackerEngine:
             "drift_x_nm": dx * pixel_nm,
             "drift_y_nm": dy * pixel_nm,
             "received_unix_s": time.time(),
+            "latency_s": frame.latency_s or None,  # 0 = not measured
+            **_shadow_columns(frame.shadow),
             **statistics.frame_statistics(
                 values[:, LOOP_COLUMNS.index("major_px")],
                 values[:, LOOP_COLUMNS.index("minor_px")],
@@ -316,6 +319,10 @@ class TrackerEngine:
         in_tracks = statistics.tracks_table(in_detections, in_frames, pixel_nm)
         return in_frames, summary, statistics.session_summary(in_frames, in_tracks, pixel_nm)
 
+    def arm_statistics(self, pipeline: str = "", since_unix_s: float = 0.0) -> pd.DataFrame:
+        """Per-arm statistics (``statistics.ARM_STATISTICS``) of the sessions opened since then."""
+        return statistics.arm_statistics(self.store.arm_frames(pipeline, since_unix_s))
+
     def tracks(self, session_id: str, min_length: int = 1) -> pd.DataFrame:
         spec = self.session(session_id)
         detections = self.store.detections(session_id)
@@ -348,6 +355,18 @@ class TrackerEngine:
                 if remaining <= 0 or self._closing or self.session(session_id)["closed"]:
                     return False
                 self._new_frame.wait(remaining)
+
+
+def _shadow_columns(shadow: ShadowInput | None) -> dict:
+    if shadow is None:
+        return {}  # stored as NULL: not shadowed
+    return {
+        "shadow_model_version": shadow.model_version,
+        "shadow_candidate_loop_count": shadow.candidate_loop_count,
+        "shadow_matched": shadow.matched,
+        "shadow_f1": shadow.f1,
+        "shadow_latency_s": shadow.latency_s,
+    }
 
 
 def _loop_values(loops: pd.DataFrame) -> np.ndarray:

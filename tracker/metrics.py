@@ -10,6 +10,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from loopstream.tracker.engine import IngestResult
+from loopstream.v1 import tracker_pb2 as pb
 
 RATE_WINDOW_S = 10.0
 
@@ -37,6 +38,20 @@ class TrackerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.inference_latency = Histogram(
+            "loopstream_tracker_inference_latency_seconds",
+            "Client-measured inference latency of accepted frames, by arm (A/B latency comparison)",
+            ["arm"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.shadow_f1 = Histogram(
+            "loopstream_tracker_shadow_f1",
+            "Matched-loop F1 of a shadow candidate against the session's arm, per shadowed frame",
+            ["arm", "candidate"],
+            buckets=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=self.registry,
+        )
         self.commit_latency = Histogram(
             "loopstream_tracker_store_commit_seconds",
             "Duration of one frame's store transaction, fsync included",
@@ -54,13 +69,18 @@ class TrackerMetrics:
         self._stored: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def on_frame(self, result: IngestResult, arm: str, loops: int, seconds: float) -> None:
-        """Count one acknowledged frame with ``loops`` detections; ``seconds`` from arrival to ack."""
+    def on_frame(self, result: IngestResult, frame: pb.FrameDetections, seconds: float) -> None:
+        """Count one acknowledged frame; ``seconds`` from its arrival to its ack."""
         outcome = "duplicate" if result.duplicate else "accepted" if result.accepted else "rejected"
+        arm = frame.model_version
         self.frames.labels(result.microscope_id, arm, outcome).inc()
         self.frame_latency.observe(seconds)
         if outcome == "accepted":
-            self.detections.labels(result.microscope_id, arm).inc(loops)
+            self.detections.labels(result.microscope_id, arm).inc(len(frame.loops))
+            if frame.latency_s > 0:
+                self.inference_latency.labels(arm).observe(frame.latency_s)
+            if frame.HasField("shadow"):
+                self.shadow_f1.labels(arm, frame.shadow.model_version).observe(frame.shadow.f1)
             now = time.monotonic()
             with self._lock:
                 self._stored.append(now)

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,16 @@ def _reject_unknown(doc: dict, allowed: set[str], what: str) -> None:
         raise ValueError(f"unknown {what} keys {unknown}; allowed: {sorted(allowed)}")
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """What a new session runs, fixed for its life: its arm and, if any, the candidate it shadows."""
+
+    model_name: str
+    model_version: str
+    shadow_version: str = ""  # "" = no shadow
+    shadow_fraction: float = 0.0
+
+
 def uniform(key: str) -> float:
     """A stable draw in [0, 1) from a string, the same on every host and Python run.
 
@@ -154,6 +165,15 @@ def shadows_frame(session_id: str, frame_index: int, fraction: float) -> bool:
     Independent of the arm draw (another key), so shadowed frames are a fair sample of all.
     """
     return uniform(f"shadow/{session_id}/{frame_index}") < fraction
+
+
+def assign(policy: Policy, session_id: str) -> Assignment:
+    """A new session's arm, and the shadow unless the session is itself on the candidate."""
+    arm = assign_arm(policy, session_id)
+    shadow = policy.shadow
+    if shadow is None or shadow.version == arm:
+        return Assignment(policy.pipeline, arm)
+    return Assignment(policy.pipeline, arm, shadow.version, float(shadow.fraction))
 
 
 def shadow_version(policy: Policy, session_arm: str, session_id: str, frame_index: int) -> str | None:
@@ -203,6 +223,7 @@ class PolicyFile:
         stamp = self._stamp()
         self._policy = Policy.from_json(self.path.read_text())  # a bad file at start-up is fatal
         self._seen = stamp
+        self.loaded_at_unix_s = time.time()  # when the policy in force was read
 
     def _stamp(self) -> tuple:
         st = os.stat(self.path)  # follows symlinks: the file the link points at now
@@ -218,15 +239,15 @@ class PolicyFile:
                     policy = Policy.from_json(self.path.read_text())
                     if policy != self._policy:
                         log.info("A/B policy reloaded from %s: %s", self.path, policy.to_dict())
+                        self.loaded_at_unix_s = time.time()
                     self._policy = policy
             except (OSError, ValueError) as exc:
                 log.error("A/B policy in %s rejected, keeping %s: %s", self.path, self._policy.to_dict(), exc)
             return self._policy
 
-    def model_for(self, session_id: str) -> tuple[str, str]:
-        """(model name, version) for a new session: the tracker engine's ``model_for`` hook."""
-        policy = self.current()
-        return policy.pipeline, assign_arm(policy, session_id)
+    def assign(self, session_id: str) -> Assignment:
+        """A new session's assignment under the policy in force: the tracker engine's ``assign`` hook."""
+        return assign(self.current(), session_id)
 
 
 def write_policy(path: Path | str, policy: Policy) -> None:

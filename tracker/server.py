@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from loopstream.tracker.auth import BearerTokenInterceptor
 from loopstream.tracker.engine import Defaults, TrackerEngine
 from loopstream.tracker.metrics import TrackerMetrics
-from loopstream.tracker.rollout import PolicyFile, assign_arm
+from loopstream.tracker.rollout import PolicyFile
 from loopstream.tracker.service import TrackerService
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2, tracker_pb2_grpc
@@ -63,29 +62,18 @@ class RunningTracker:
         self.engine.store.close()
 
 
-def _policy_arms(path: str) -> Callable[[str], tuple[str, str]]:
-    """Session id -> (pipeline, version) under the A/B policy file, re-read when it changes."""
-    policy_file = PolicyFile(path)
-
-    def model_for(session_id: str) -> tuple[str, str]:
-        policy = policy_file.current()
-        return policy.pipeline, assign_arm(policy, session_id)
-
-    return model_for
-
-
 def serve(config: ServerConfig) -> RunningTracker:
     """Start a tracker and return it with its bound ports."""
     store = Store(config.db, config.synchronous)
-    model_for = _policy_arms(config.ab_policy) if config.ab_policy else None
-    engine = TrackerEngine(store, config.defaults, model_for=model_for)
+    policy = PolicyFile(config.ab_policy) if config.ab_policy else None  # re-read when the file changes
+    engine = TrackerEngine(store, config.defaults, assign=policy.assign if policy else None)
     metrics = TrackerMetrics(engine.open_sessions)
     engine.on_commit = metrics.commit_latency.observe
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers), interceptors=interceptors
     )
-    tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerService(engine, metrics.on_frame), server)
+    tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerService(engine, metrics.on_frame, policy), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

@@ -15,7 +15,8 @@ import pandas as pd
 
 from loopstream.tracker import export
 from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
-from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput
+from loopstream.tracker.rollout import PolicyFile
+from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -47,6 +48,8 @@ def _session_message(s: dict) -> pb.Session:
         last_frame_index=s["last_frame_index"],
         search_range_nm=s["search_range_nm"],
         memory_frames=int(s["memory_frames"]),
+        shadow_model_version=s["shadow_model_version"],
+        shadow_fraction=s["shadow_fraction"],
     )
 
 
@@ -80,7 +83,13 @@ def frame_input(msg: pb.FrameDetections) -> FrameInput:
         width_px=msg.width_px,
         height_px=msg.height_px,
         loops=pd.DataFrame(values, columns=LOOP_COLUMNS),
+        latency_s=msg.latency_s,
+        shadow=_shadow_input(msg.shadow) if msg.HasField("shadow") else None,
     )
+
+
+def _shadow_input(msg: pb.ShadowAgreement) -> ShadowInput:
+    return ShadowInput(msg.model_version, msg.candidate_loop_count, msg.matched, msg.f1, msg.latency_s)
 
 
 def _frame_statistics(row) -> pb.FrameStatistics:
@@ -141,10 +150,14 @@ def _status_codes(method):
 
 class TrackerService(pb_grpc.TrackerServicer):
     def __init__(
-        self, engine: TrackerEngine, on_frame: Callable[[IngestResult, str, int, float], None] | None = None
+        self,
+        engine: TrackerEngine,
+        on_frame: Callable[[IngestResult, pb.FrameDetections, float], None] | None = None,
+        policy: PolicyFile | None = None,
     ) -> None:
         self.engine = engine
-        self.on_frame = on_frame  # metrics hook: (result, model version, loops, seconds from receipt to ack)
+        self.on_frame = on_frame  # metrics hook: (result, the frame's message, seconds from receipt to ack)
+        self.policy = policy  # the A/B policy sessions are assigned by; None = the engine's defaults
 
     @_status_codes
     def OpenSession(self, request: pb.SessionSpec, context: grpc.ServicerContext) -> pb.Session:
@@ -179,7 +192,7 @@ class TrackerService(pb_grpc.TrackerServicer):
                 )
                 result = IngestResult(False, error=f"internal error, frame not stored ({e}): resend it later")
             if self.on_frame is not None:
-                self.on_frame(result, msg.model_version, len(msg.loops), time.perf_counter() - received)
+                self.on_frame(result, msg, time.perf_counter() - received)
             yield pb.Ack(
                 session_id=msg.session_id,
                 frame_index=msg.frame_index,
@@ -202,6 +215,21 @@ class TrackerService(pb_grpc.TrackerServicer):
             summary=_summary_message(summary),
             window=_summary_message(window),
         )
+
+    @_status_codes
+    def GetArmStatistics(
+        self, request: pb.ArmStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb.ArmStatisticsReply:
+        table = self.engine.arm_statistics(request.pipeline, request.since_unix_s)
+        return pb.ArmStatisticsReply(
+            arms=[pb.ArmStatistics(**row) for row in table.to_dict(orient="records")]
+        )
+
+    def GetPolicy(self, request: pb.PolicyRequest, context: grpc.ServicerContext) -> pb.PolicyReply:
+        if self.policy is None:
+            return pb.PolicyReply()
+        policy = self.policy.current()  # re-reads a changed file, exactly as OpenSession would
+        return pb.PolicyReply(policy_json=policy.to_json(), loaded_at_unix_s=self.policy.loaded_at_unix_s)
 
     @_status_codes
     def WatchStatistics(

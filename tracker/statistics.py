@@ -149,3 +149,58 @@ def lifetime_histogram(tracks: pd.DataFrame, bins: int = 30) -> pd.DataFrame:
     return pd.DataFrame(
         {"lower_s": edges[:-1], "upper_s": edges[1:], "tracks": np.histogram(lifetimes, edges)[0]}
     )
+
+
+ARM_STATISTICS = [
+    "arm_version",
+    "sessions",
+    "frames",
+    "loops_per_frame",
+    "mean_major_nm",
+    "latency_p50_s",
+    "shadow_f1",
+    "shadow_frames",
+]
+
+
+def arm_statistics(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-arm numbers of an A/B trial from ``Store.arm_frames`` rows, one row per arm (ARM_STATISTICS).
+
+    Means are over loops and medians over frames, so a long session weighs by its frames; the
+    shadow F1 is pooled over shadowed frames (2 sum matched / sum of both loop counts), which a
+    few empty frames cannot swing the way a mean of per-frame F1s would.
+
+    >>> rows = pd.DataFrame({"sid": [1, 1, 2], "arm": ["1", "1", "2"], "frame_index": [0, 1, 0],
+    ...     "loop_count": [2, 4, 3], "mean_major_nm": [10.0, 13.0, 9.0], "latency_s": [0.1, 0.3, 0.2],
+    ...     "shadow_matched": [2, None, None], "shadow_candidate_loop_count": [3, None, None]})
+    >>> arm_statistics(rows).loc[0, ["frames", "loops_per_frame", "mean_major_nm", "shadow_f1"]].tolist()
+    [2.0, 3.0, 12.0, 0.8]
+    """
+    out = []
+    for arm, group in rows.groupby("arm", sort=True):
+        frames = group.dropna(subset=["frame_index"])
+        loops = frames.loop_count.to_numpy(float)
+        with_loops = loops > 0
+        shadowed = frames.dropna(subset=["shadow_matched"])
+        pooled = shadowed.loop_count.sum() + shadowed.shadow_candidate_loop_count.sum()
+        out.append(
+            {
+                "arm_version": str(arm),
+                "sessions": group.sid.nunique(),
+                "frames": len(frames),
+                "loops_per_frame": float(loops.mean()) if len(frames) else float("nan"),
+                "mean_major_nm": (
+                    float(np.average(frames.mean_major_nm[with_loops], weights=loops[with_loops]))
+                    if with_loops.any()
+                    else float("nan")
+                ),
+                "latency_p50_s": float(frames.latency_s.median()),  # NaN when none was measured
+                "shadow_f1": (
+                    (2 * shadowed.shadow_matched.sum() / pooled if pooled else 1.0)
+                    if len(shadowed)
+                    else float("nan")
+                ),
+                "shadow_frames": len(shadowed),
+            }
+        )
+    return pd.DataFrame(out, columns=ARM_STATISTICS)

@@ -60,6 +60,17 @@ FRAME_COLUMNS = [
     "received_unix_s",
 ]
 
+# Migration 2 (A/B rollout): the client-measured inference latency and, for a shadowed frame, how
+# the candidate version's detections agreed with the session's. NULL when unknown or not shadowed.
+AB_FRAME_COLUMNS = [
+    "latency_s",
+    "shadow_model_version",
+    "shadow_candidate_loop_count",
+    "shadow_matched",
+    "shadow_f1",
+    "shadow_latency_s",
+]
+
 SESSION_COLUMNS = [
     "session_id",
     "microscope_id",
@@ -74,6 +85,8 @@ SESSION_COLUMNS = [
     "memory_frames",
     "opened_at_unix_s",
     "closed",
+    "shadow_model_version",  # migration 2: the candidate the session shadows, "" = none
+    "shadow_fraction",
 ]
 
 
@@ -93,7 +106,7 @@ def _migration_1(db: sqlite3.Connection) -> None:
     db.execute(
         f"""CREATE TABLE frames (
             sid INTEGER NOT NULL REFERENCES sessions(sid),
-            {", ".join(f"{c} {'TEXT' if c.startswith('model_') else 'REAL'}" for c in FRAME_COLUMNS)},
+            {", ".join(f"{c} {'TEXT' if c.startswith('model_') else 'REAL'}" for c in _V1_FRAME_COLUMNS)},
             PRIMARY KEY (sid, frame_index)) WITHOUT ROWID"""
     )
     db.execute(
@@ -106,8 +119,21 @@ def _migration_1(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX frames_by_ordinal ON frames (sid, ordinal)")
 
 
+_V1_FRAME_COLUMNS = FRAME_COLUMNS[:]  # frozen: migration 1 must create the same table forever
+
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    """A/B rollout: each session's shadow assignment; each frame's latency and shadow agreement."""
+    db.execute("ALTER TABLE sessions ADD COLUMN shadow_model_version TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE sessions ADD COLUMN shadow_fraction REAL NOT NULL DEFAULT 0")
+    for column in AB_FRAME_COLUMNS:
+        kind = "TEXT" if column.endswith("_version") else "REAL"
+        db.execute(f"ALTER TABLE frames ADD COLUMN {column} {kind}")
+    db.execute("CREATE INDEX sessions_by_arm ON sessions (model_name, model_version, opened_at_unix_s)")
+
+
 # Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid
 
@@ -244,10 +270,12 @@ class Store:
     def commit_frame(self, session_id: str, frame: dict, detections: np.ndarray) -> bool:
         """Store one frame and its detections (rows of ``DETECTION_COLUMNS``) atomically.
 
+        ``AB_FRAME_COLUMNS`` missing from ``frame`` are stored as NULL.
         Returns False, storing nothing, if the frame was already stored.
         """
-        frame_cols = ", ".join(["sid", *FRAME_COLUMNS])
-        frame_marks = ", ".join("?" for _ in range(len(FRAME_COLUMNS) + 1))
+        stored = [*FRAME_COLUMNS, *AB_FRAME_COLUMNS]
+        frame_cols = ", ".join(["sid", *stored])
+        frame_marks = ", ".join("?" for _ in range(len(stored) + 1))
         det_cols = ", ".join(["sid", *DETECTION_COLUMNS])
         det_marks = ", ".join("?" for _ in range(len(DETECTION_COLUMNS) + 1))
         with self._lock:
@@ -257,7 +285,7 @@ class Store:
                 (sid,) = db.execute("SELECT sid FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
                 cur = db.execute(
                     f"INSERT OR IGNORE INTO frames ({frame_cols}) VALUES ({frame_marks})",
-                    [sid, *(frame[c] for c in FRAME_COLUMNS)],
+                    [sid, *(frame[c] for c in FRAME_COLUMNS), *(frame.get(c) for c in AB_FRAME_COLUMNS)],
                 )
                 if cur.rowcount == 0:
                     db.execute("ROLLBACK")
@@ -316,6 +344,31 @@ class Store:
         for c in ("frame_index", "loop_index", "track_id"):
             df[c] = df[c].astype("int64")
         return df
+
+    def ab_frames(self, session_id: str) -> pd.DataFrame:
+        """Each stored frame's arm, latency and shadow agreement, by frame index."""
+        return self._query(
+            f"SELECT frame_index, model_version, {', '.join(AB_FRAME_COLUMNS)} FROM frames "
+            f"WHERE sid = {_SID} ORDER BY frame_index",
+            (session_id,),
+        ).astype({"frame_index": "int64"})
+
+    def arm_frames(self, pipeline: str = "", since_unix_s: float = 0.0) -> pd.DataFrame:
+        """Sessions opened since ``since_unix_s`` (of ``pipeline``, "" = any) with their frames.
+
+        One row per frame (sid, arm, loop_count, mean_major_nm, latency and shadow columns); a
+        session without frames yet has one row with NULL frame columns, so it still counts.
+        """
+        where, args = ["s.opened_at_unix_s >= ?"], [since_unix_s]
+        if pipeline:
+            where.append("s.model_name = ?")
+            args.append(pipeline)
+        return self._query(
+            "SELECT s.sid, s.model_version AS arm, f.frame_index, f.loop_count, f.mean_major_nm, "
+            f"{', '.join(f'f.{c}' for c in AB_FRAME_COLUMNS)} "
+            f"FROM sessions s LEFT JOIN frames f ON f.sid = s.sid WHERE {' AND '.join(where)}",
+            tuple(args),
+        )
 
     def max_track_id(self, session_id: str) -> int:
         """The highest track id of the session, -1 before any detection."""

@@ -24,6 +24,17 @@ _NON_NEGATIVE = ["major_px", "minor_px", "area_px", "bbox_width_px", "bbox_heigh
 
 
 @dataclass(frozen=True)
+class ShadowInput:
+    """How a shadow candidate's detections of the frame agreed with the session's (client-computed)."""
+
+    model_version: str
+    candidate_loop_count: int
+    matched: int
+    f1: float
+    latency_s: float
+
+
+@dataclass(frozen=True)
 class FrameInput:
     """One frame's detections as the domain sees them (wire-independent)."""
 
@@ -35,6 +46,8 @@ class FrameInput:
     width_px: int
     height_px: int
     loops: pd.DataFrame  # LOOP_COLUMNS, one row per loop
+    latency_s: float = 0.0  # client-measured inference latency; 0 = not measured
+    shadow: ShadowInput | None = None  # None = not shadowed
 
 
 def frame_problem(frame: FrameInput) -> str | None:
@@ -57,6 +70,20 @@ def frame_problem(frame: FrameInput) -> str | None:
         return (
             f"frame size {frame.width_px} x {frame.height_px} px is not positive: set width_px and height_px "
             f"to the analysed image size (needed for densities); resend frame {frame.frame_index}"
+        )
+    if not np.isfinite(frame.latency_s) or frame.latency_s < 0:
+        return f"latency_s = {frame.latency_s} must be finite and >= 0 (0 = not measured); {resend}"
+    shadow = frame.shadow
+    if shadow is not None and not (
+        shadow.model_version
+        and 0 <= shadow.matched <= shadow.candidate_loop_count
+        and 0.0 <= shadow.f1 <= 1.0
+        and np.isfinite(shadow.latency_s)
+        and shadow.latency_s >= 0
+    ):
+        return (
+            f"shadow agreement {shadow} is inconsistent: it needs the candidate's model_version, "
+            f"0 <= matched <= candidate_loop_count, 0 <= f1 <= 1 and latency_s >= 0; {resend}"
         )
     loops = frame.loops if list(frame.loops.columns) == LOOP_COLUMNS else frame.loops[LOOP_COLUMNS]
     values = loops.to_numpy(dtype=float)

@@ -37,7 +37,7 @@ class SessionSpec(_message.Message):
     def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames")
+    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames", "shadow_model_version", "shadow_fraction")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,8 @@ class Session(_message.Message):
     LAST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     SEARCH_RANGE_NM_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FRACTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     spec: SessionSpec
     model_name: str
@@ -58,7 +60,9 @@ class Session(_message.Message):
     last_frame_index: int
     search_range_nm: float
     memory_frames: int
-    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ...) -> None: ...
+    shadow_model_version: str
+    shadow_fraction: float
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., shadow_model_version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ...) -> None: ...
 
 class SessionRef(_message.Message):
     __slots__ = ("session_id",)
@@ -111,7 +115,7 @@ class Loop(_message.Message):
     def __init__(self, score: _Optional[float] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_px: _Optional[float] = ..., minor_px: _Optional[float] = ..., angle_deg: _Optional[float] = ..., area_px: _Optional[float] = ..., bbox: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
 
 class FrameDetections(_message.Message):
-    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops")
+    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops", "latency_s", "shadow")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +124,8 @@ class FrameDetections(_message.Message):
     WIDTH_PX_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_PX_FIELD_NUMBER: _ClassVar[int]
     LOOPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frame_index: int
     timestamp_s: float
@@ -128,7 +134,23 @@ class FrameDetections(_message.Message):
     width_px: int
     height_px: int
     loops: _containers.RepeatedCompositeFieldContainer[Loop]
-    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ...) -> None: ...
+    latency_s: float
+    shadow: ShadowAgreement
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ..., latency_s: _Optional[float] = ..., shadow: _Optional[_Union[ShadowAgreement, _Mapping]] = ...) -> None: ...
+
+class ShadowAgreement(_message.Message):
+    __slots__ = ("model_version", "candidate_loop_count", "matched", "f1", "latency_s")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_LOOP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    F1_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    candidate_loop_count: int
+    matched: int
+    f1: float
+    latency_s: float
+    def __init__(self, model_version: _Optional[str] = ..., candidate_loop_count: _Optional[int] = ..., matched: _Optional[int] = ..., f1: _Optional[float] = ..., latency_s: _Optional[float] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("session_id", "frame_index", "accepted", "duplicate", "error")
@@ -291,6 +313,52 @@ class ExportRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ArmStatisticsRequest(_message.Message):
+    __slots__ = ("pipeline", "since_unix_s")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    since_unix_s: float
+    def __init__(self, pipeline: _Optional[str] = ..., since_unix_s: _Optional[float] = ...) -> None: ...
+
+class ArmStatistics(_message.Message):
+    __slots__ = ("arm_version", "sessions", "frames", "loops_per_frame", "mean_major_nm", "latency_p50_s", "shadow_f1", "shadow_frames")
+    ARM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    LOOPS_PER_FRAME_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MAJOR_NM_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_S_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_F1_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    arm_version: str
+    sessions: int
+    frames: int
+    loops_per_frame: float
+    mean_major_nm: float
+    latency_p50_s: float
+    shadow_f1: float
+    shadow_frames: int
+    def __init__(self, arm_version: _Optional[str] = ..., sessions: _Optional[int] = ..., frames: _Optional[int] = ..., loops_per_frame: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., latency_p50_s: _Optional[float] = ..., shadow_f1: _Optional[float] = ..., shadow_frames: _Optional[int] = ...) -> None: ...
+
+class ArmStatisticsReply(_message.Message):
+    __slots__ = ("arms",)
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    arms: _containers.RepeatedCompositeFieldContainer[ArmStatistics]
+    def __init__(self, arms: _Optional[_Iterable[_Union[ArmStatistics, _Mapping]]] = ...) -> None: ...
+
+class PolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicyReply(_message.Message):
+    __slots__ = ("policy_json", "loaded_at_unix_s")
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    policy_json: str
+    loaded_at_unix_s: float
+    def __init__(self, policy_json: _Optional[str] = ..., loaded_at_unix_s: _Optional[float] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("session_id", "from_frame")

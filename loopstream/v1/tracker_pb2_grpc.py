@@ -79,6 +79,16 @@ class TrackerStub:
                 request_serializer=loopstream_dot_v1_dot_tracker__pb2.WatchRequest.SerializeToString,
                 response_deserializer=loopstream_dot_v1_dot_tracker__pb2.FrameStatistics.FromString,
                 _registered_method=True)
+        self.GetArmStatistics = channel.unary_unary(
+                '/loopstream.v1.Tracker/GetArmStatistics',
+                request_serializer=loopstream_dot_v1_dot_tracker__pb2.ArmStatisticsRequest.SerializeToString,
+                response_deserializer=loopstream_dot_v1_dot_tracker__pb2.ArmStatisticsReply.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/loopstream.v1.Tracker/GetPolicy',
+                request_serializer=loopstream_dot_v1_dot_tracker__pb2.PolicyRequest.SerializeToString,
+                response_deserializer=loopstream_dot_v1_dot_tracker__pb2.PolicyReply.FromString,
+                _registered_method=True)
 
 
 class TrackerServicer:
@@ -142,6 +152,19 @@ class TrackerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArmStatistics(self, request, context):
+        """A/B rollout: per-arm statistics of the sessions opened since a time, and the policy loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +212,16 @@ def add_TrackerServicer_to_server(servicer, server):
                     servicer.WatchStatistics,
                     request_deserializer=loopstream_dot_v1_dot_tracker__pb2.WatchRequest.FromString,
                     response_serializer=loopstream_dot_v1_dot_tracker__pb2.FrameStatistics.SerializeToString,
+            ),
+            'GetArmStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArmStatistics,
+                    request_deserializer=loopstream_dot_v1_dot_tracker__pb2.ArmStatisticsRequest.FromString,
+                    response_serializer=loopstream_dot_v1_dot_tracker__pb2.ArmStatisticsReply.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=loopstream_dot_v1_dot_tracker__pb2.PolicyRequest.FromString,
+                    response_serializer=loopstream_dot_v1_dot_tracker__pb2.PolicyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -434,6 +467,60 @@ class Tracker:
             '/loopstream.v1.Tracker/WatchStatistics',
             loopstream_dot_v1_dot_tracker__pb2.WatchRequest.SerializeToString,
             loopstream_dot_v1_dot_tracker__pb2.FrameStatistics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArmStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopstream.v1.Tracker/GetArmStatistics',
+            loopstream_dot_v1_dot_tracker__pb2.ArmStatisticsRequest.SerializeToString,
+            loopstream_dot_v1_dot_tracker__pb2.ArmStatisticsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopstream.v1.Tracker/GetPolicy',
+            loopstream_dot_v1_dot_tracker__pb2.PolicyRequest.SerializeToString,
+            loopstream_dot_v1_dot_tracker__pb2.PolicyReply.FromString,
             options,
             channel_credentials,
             insecure,
