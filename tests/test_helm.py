@@ -26,6 +26,8 @@ kv = pytest.importorskip(
 )
 from helm_python import _native  # noqa: E402  (after the importorskip guard)
 
+from loopstream.tracker.rollout import Policy, Shadow  # noqa: E402
+
 CHART = Path(__file__).resolve().parents[1] / "helm" / "loopstream"
 SCENARIOS = {
     "cpu-dev": CHART / "ci" / "cpu-dev-values.yaml",
@@ -476,6 +478,14 @@ def test_ab_policy_configmap_is_the_values_json(chart):
     }
 
 
+def test_ab_policy_with_shadow_is_a_policy_the_tracker_accepts(chart):
+    shadow = {"version": "2", "fraction": 0.05}
+    values = {"tracker": {"abPolicy": {"arms": {"1": 0.9, "2": 0.1}, "shadow": shadow}}}
+    cm = one(objects(render(chart, values)), "ConfigMap", f"{PREFIX}-tracker-ab-policy")
+    policy = Policy.from_json(cm["data"]["ab-policy.json"])
+    assert policy == Policy("loops_semantic", {"1": 0.9, "2": 0.1}, Shadow("2", 0.05))
+
+
 def test_existing_token_secret_is_used_and_not_created(chart):
     objs = objects(render(chart, {"tracker": {"auth": {"existingSecret": "facility-token"}}}))
     assert find(objs, "Secret") == []
@@ -631,6 +641,8 @@ def test_notes_tell_how_to_reach_the_pool(chart):
         {"triton": {"ports": {"grpc": 70000}}},
         {"tracker": {"abPolicy": {"arms": {"v2": 1.0}}}},
         {"tracker": {"abPolicy": {"arms": {"1": 1.5}}}},
+        {"tracker": {"abPolicy": {"shadow": {"version": "2", "fraction": 0}}}},
+        {"tracker": {"abPolicy": {"shadow": {"version": "2"}}}},
         {"networkPolicy": {"clientPodSelector": {"matchLabel": {"a": "b"}}}},
         {"monitoring": {"serviceMonitor": {"interval": "often"}}},
         {"unknown": True},

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from loopstream.tracker.linking import SessionLinker
-from loopstream.tracker.store import SCHEMA_VERSION, Store, StoreError
+from loopstream.tracker.store import (
+    AB_FRAME_COLUMNS,
+    FRAME_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+)
 
 
 @pytest.mark.parametrize("name", ["loopstream.tracker.statistics", "loopstream.tracker.validation"])
@@ -83,3 +90,32 @@ def test_store_schema_is_versioned(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="newer than this tracker"):
         Store(path)
+
+
+def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
+    """A store written before A/B rollout: its sessions get no shadow, its frames no latency."""
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute(
+        "INSERT INTO sessions (session_id, microscope_id, sample, pixel_size_nm, frame_rate_hz, "
+        "dose_rate_ions_cm2_s, model_family, model_name, model_version, search_range_nm, memory_frames, "
+        "opened_at_unix_s) VALUES ('s1', 'm', '', 1, 10, 0, 0, 'loops_semantic', '1', 8, 3, 0)"
+    )
+    columns = [c for c in FRAME_COLUMNS if c != "model_name"]
+    db.execute(
+        f"INSERT INTO frames (sid, {', '.join(columns)}) VALUES (1, {', '.join('0' for _ in columns)})"
+    )
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        session = store.session("s1")
+        assert (session["model_version"], session["shadow_model_version"], session["shadow_fraction"]) == (
+            "1",
+            "",
+            0.0,
+        )
+        frames = store.ab_frames("s1")
+        assert frames.frame_index.tolist() == [0] and frames[AB_FRAME_COLUMNS].isna().all(axis=None)

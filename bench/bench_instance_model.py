@@ -1,0 +1,79 @@
+"""CPU throughput of the default instance model (Mask R-CNN R18-FPN): eager vs TorchScript vs ONNX Runtime.
+
+Per tile: one real 512² creme tile (detections, and so the mask head's work, depend on the
+image, so trained weights and a real image are used). Per frame: the 25 overlapping 512 px tiles
+of a 2048² simulated frame, one call each (post-processing excluded). Target: ONNX Runtime >= 1.3x
+eager. Needs the trained checkpoint (not in the repository: see the README's model section).
+
+    .venv/bin/python bench/bench_instance_model.py --checkpoint build/instance/model.pt --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopstream.imaging import cut_tiles, standardise, tile_grid
+from loopstream.models.export_instance import (
+    export_onnx,
+    load_instance_checkpoint,
+    onnx_tile_fn,
+    torch_tile_fn,
+)
+from loopstream.models.export_torchscript import script_instance
+from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "creme-ds25s" / "train" / "imgs"
+
+
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` runs after one warm-up (the machine is shared and noisy)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--image", type=Path, default=DATA / "3.png")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import cv2
+
+    tile = standardise(cv2.imread(str(args.image), cv2.IMREAD_GRAYSCALE))[None, None, :512, :512]
+    frame = SimulatedMicroscope(SimulationConfig(shape=(2048, 2048)), seed=0).render(0)
+    tiles = cut_tiles(standardise(frame), tile_grid(frame.shape, 512, 64))
+    scripted = script_instance(load_instance_checkpoint(args.checkpoint))  # each runtime its own copy
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(load_instance_checkpoint(args.checkpoint), Path(tmp) / "model.onnx")
+        runners: dict[str, Callable[[np.ndarray], object]] = {
+            "eager": torch_tile_fn(load_instance_checkpoint(args.checkpoint).eval()),
+            "torchscript": lambda x: scripted(torch.from_numpy(x)),
+            "onnxruntime": onnx_tile_fn(onnx_path, args.threads),
+        }
+        print(f"| runtime ({args.threads} threads) | tile 512² ms | x eager | frame 2048² (25 tiles) s |")
+        print("|---|---|---|---|")
+        eager = None
+        for name, run in runners.items():
+            with torch.no_grad():
+                t_tile = best_seconds(lambda run=run: run(tile), args.repeats)
+                t_frame = best_seconds(lambda run=run: [run(tiles[i : i + 1]) for i in range(len(tiles))], 1)
+            eager = eager or t_tile
+            print(f"| {name} | {1000 * t_tile:.0f} | {eager / t_tile:.2f} | {t_frame:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
