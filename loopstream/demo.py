@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     pixel_size_nm=config.pixel_size_nm,
                     frame_rate_hz=config.frame_rate_hz,
                     dose_rate_ions_cm2_s=config.dose_rate_ions_cm2_s,
+                    model_family=pb.MODEL_FAMILY_SEMANTIC,
                 ),
                 simulated,
                 10,
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     sample="316L, 2 MeV Ni2+, 550 C",
                     pixel_size_nm=SAMPLE_PIXEL_SIZE_NM,
                     frame_rate_hz=1.0,
+                    model_family=pb.MODEL_FAMILY_INSTANCE,  # the better model on real bright field
                 ),
                 samples,
                 1,

@@ -56,3 +56,23 @@ def test_two_interleaved_sessions_give_the_same_tracks_as_each_alone(tmp_path):
         running.stop(0.5)
     assert together == alone
     assert together[0] != together[1]
+
+
+def test_the_model_family_chooses_the_pipeline(tmp_path):
+    running = serve(ServerConfig(db=tmp_path / "families.db", port=0, metrics_port=-1))
+    client = TrackerClient(f"127.0.0.1:{running.port}")
+    try:
+        chosen = {
+            family: client.OpenSession(
+                pb.SessionSpec(pixel_size_nm=0.39, frame_rate_hz=10.0, model_family=family)
+            ).model_name
+            for family in (pb.MODEL_FAMILY_UNSPECIFIED, pb.MODEL_FAMILY_INSTANCE, pb.MODEL_FAMILY_SEMANTIC)
+        }
+    finally:
+        client.close()
+        running.stop(0.5)
+    assert chosen == {
+        pb.MODEL_FAMILY_UNSPECIFIED: "loops_semantic",
+        pb.MODEL_FAMILY_INSTANCE: "loops_instance",
+        pb.MODEL_FAMILY_SEMANTIC: "loops_semantic",
+    }

@@ -37,10 +37,12 @@ class SessionNotFound(KeyError):
 
 @dataclass(frozen=True)
 class Defaults:
-    model_name: str = "loops_semantic"
+    model_name: str = "loops_semantic"  # for sessions that name no model family
     model_version: str = ""  # "" = Triton's latest
     search_range_nm: float = 8.0
     memory_frames: int = 3
+    # The pipeline of each SessionSpec.model_family (1 instance: bright field; 2 semantic: dark field).
+    family_models: tuple[tuple[int, str], ...] = ((1, "loops_instance"), (2, "loops_semantic"))
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class TrackerEngine:
         d = self.defaults
         memory = spec.get("memory_frames", 0)
         session_id = str(uuid.uuid4())
-        arm = self.assign(session_id) if self.assign else Assignment(d.model_name, d.model_version)
+        arm = self._assignment(session_id, int(spec.get("model_family", 0)))
         session = {
             "session_id": session_id,
             "microscope_id": spec.get("microscope_id", ""),
@@ -113,6 +115,17 @@ class TrackerEngine:
             "session opened", extra={k: session[k] for k in ("session_id", "microscope_id", "model_version")}
         )
         return self.session(session["session_id"])
+
+    def _assignment(self, session_id: str, family: int) -> Assignment:
+        """The pipeline (and A/B arm) of a new session: the family's pipeline, at the arm the policy
+        assigns when the policy is about that pipeline, else at its latest version."""
+        d = self.defaults
+        default = Assignment(d.model_name, d.model_version)
+        arm = self.assign(session_id) if self.assign else default
+        pipeline = dict(d.family_models).get(family)
+        if pipeline is None or pipeline == arm.model_name:
+            return arm
+        return default if pipeline == d.model_name else Assignment(pipeline, "")
 
     def session(self, session_id: str) -> dict:
         """The session record with its progress (frames_stored, last_frame_index)."""
