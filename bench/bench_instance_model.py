@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_models import best_seconds  # this folder is on sys.path when a benchmark runs
 
 from loopstream.imaging import cut_tiles, standardise, tile_grid
 from loopstream.models.export_instance import (
@@ -30,17 +30,6 @@ from loopstream.models.export_torchscript import script_instance
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "creme-ds25s" / "train" / "imgs"
-
-
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` runs after one warm-up (the machine is shared and noisy)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

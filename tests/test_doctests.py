@@ -6,6 +6,15 @@ import importlib
 import pytest
 
 MODULES = [
+    "loopstream.metrics",
+    "loopstream.masks",
+    "loopstream.models.architectures",
+    "loopstream.models.augment",
+    "loopstream.models.losses",
+    "loopstream.models.targets",
+    "loopstream.client.backpressure",
+    "loopstream.client.shadow",
+    "loopstream.serving.instance",
     "loopstream.imaging",
     "loopstream.instances",
     "loopstream.simulator",

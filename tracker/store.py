@@ -19,21 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopstream.tracker.validation import LOOP_COLUMNS
+
 DETECTION_COLUMNS = [
     "frame_index",
     "loop_index",
     "track_id",
-    "score",
-    "x_px",
-    "y_px",
-    "major_px",
-    "minor_px",
-    "angle_deg",
-    "area_px",
-    "bbox_x_px",
-    "bbox_y_px",
-    "bbox_width_px",
-    "bbox_height_px",
+    *LOOP_COLUMNS,
     "x_corrected_px",
     "y_corrected_px",
 ]

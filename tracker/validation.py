@@ -7,19 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-LOOP_COLUMNS = [
-    "score",
-    "x_px",
-    "y_px",
-    "major_px",
-    "minor_px",
-    "angle_deg",
-    "area_px",
-    "bbox_x_px",
-    "bbox_y_px",
-    "bbox_width_px",
-    "bbox_height_px",
-]
+from loopstream.instances import DETECTION_COLUMNS
+
+LOOP_COLUMNS = DETECTION_COLUMNS  # what Triton returns per loop, in its order
 _NON_NEGATIVE = ["major_px", "minor_px", "area_px", "bbox_width_px", "bbox_height_px"]
 
 
