@@ -14,7 +14,7 @@ Examples
 >>> [batch["image"].shape for batch in pipeline.core_inputs(prepared)]
 [(4, 1, 256, 256)]
 >>> logits = {"logits": np.full((4, 2, 256, 256), -5.0, np.float32)}
->>> detections, masks = pipeline.finish([logits], prepared)
+>>> detections, masks = pipeline.finish([logits], prepared, with_masks=True)
 >>> len(detections), len(masks)
 (0, 0)
 """
@@ -99,16 +99,17 @@ class Pipeline:
         return [{CORE_INPUT: tiles[i : i + step]} for i in range(0, len(tiles), step)]
 
     def finish(
-        self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame
+        self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame, with_masks: bool = False
     ) -> tuple[pd.DataFrame, list[MaskCrop]]:
         """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers (in
-        request order), and each loop's mask within its box, row for row."""
+        request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
             logits = np.concatenate([o["logits"] for o in outputs])
-            return semantic.finish_frame(logits, prepared, self.config)
+            return semantic.finish_frame(logits, prepared, self.config, with_masks)
         tiles = [instance.TileDetections.from_outputs(o) for o in outputs]
         loops = instance.frame_instances(tiles, prepared, self.config)
-        return instance.detections_from_instances(loops), [MaskCrop(i.x0, i.y0, i.mask) for i in loops]
+        masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
+        return instance.detections_from_instances(loops), masks
 
     def analyse(
         self, frame: np.ndarray, core: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

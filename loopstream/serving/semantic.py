@@ -10,7 +10,8 @@ Examples
 >>> from loopstream.serving.frames import prepare_frame
 >>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), tile_px=256, overlap_px=32)
 >>> config = SemanticPipelineConfig(tile_px=256, overlap_px=32)
->>> detections, masks = finish_frame(np.full((4, 2, 256, 256), -5.0, np.float32), prepared, config)
+>>> logits = np.full((4, 2, 256, 256), -5.0, np.float32)
+>>> detections, masks = finish_frame(logits, prepared, config, with_masks=True)
 >>> len(detections), len(masks)
 (0, 0)
 """
@@ -37,11 +38,11 @@ class SemanticPipelineConfig:
 
 
 def finish_frame(
-    logits: np.ndarray, prepared: PreparedFrame, config: SemanticPipelineConfig
+    logits: np.ndarray, prepared: PreparedFrame, config: SemanticPipelineConfig, with_masks: bool = False
 ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-    """Detections (``loopstream.instances.DETECTION_COLUMNS``) and their masks, from tile logits."""
+    """Detections (``loopstream.instances.DETECTION_COLUMNS``) and, when asked, their masks."""
     probability = 1.0 / (1.0 + np.exp(-stitch(logits, prepared.tiles, prepared.shape)))
     labels = labels_from_probability(
         probability[0], probability[1], threshold=config.threshold, min_area_px=config.min_area_px
     )
-    return detections_from_labels(labels, probability[0]), mask_crops(labels)
+    return detections_from_labels(labels, probability[0]), mask_crops(labels) if with_masks else []

@@ -49,9 +49,10 @@ class TritonPythonModel:
             }
             for r in replies
         ]
-        detections, masks = self.pipeline.finish(outputs, prepared)
+        with_masks = "MASKS_RLE" in request.requested_output_names()  # only when asked: it costs work
+        detections, masks = self.pipeline.finish(outputs, prepared, with_masks)
         tensors = [pb_utils.Tensor("DETECTIONS", detections.to_numpy(np.float32))]
-        if "MASKS_RLE" in request.requested_output_names():  # only when asked: it costs encoding
+        if with_masks:
             tensors.append(
                 pb_utils.Tensor("MASKS_RLE", np.array([encode_mask(m) for m in masks], dtype=object))
             )
