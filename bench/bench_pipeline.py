@@ -22,7 +22,7 @@ import numpy as np
 from loopstream.client.inference import FrameResult, InferenceStream
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame
-from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig

@@ -13,7 +13,9 @@ are frozen (unused weights dropped, no numerics-changing folding); the instance 
 unused weights (its ONNX file is as large), so it is saved as scripted.
 
 Tensor names for a ``pytorch_libtorch`` config.pbtxt: that backend binds tensors by position,
-named ``INPUT__<i>`` (i-th ``forward`` argument) and ``OUTPUT__<i>`` (i-th returned tensor):
+named ``INPUT__<i>`` (i-th ``forward`` argument) and ``OUTPUT__<i>`` (i-th returned tensor), as in
+``loopstream.serving.core_models.CORE_TENSORS``; ``loopstream-repository add --network model.pt``
+hosts the file in a pipeline (Python backend locally, ``pytorch_libtorch`` on GPU):
 
 - semantic: ``INPUT__0`` float32 [N, 1, H, W] standardised frame or tile (H, W multiples of 32)
   -> ``OUTPUT__0`` float32 [N, 2, H, W] logits (foreground, core). N, H, W dynamic
@@ -40,11 +42,6 @@ from torchvision.models.detection.image_list import ImageList
 from loopstream.models.maskrcnn import LoopMaskRCNN
 
 FAMILIES = ("semantic", "instance")
-TRITON_INPUTS = ["INPUT__0"]
-TRITON_OUTPUTS = {
-    "semantic": ["OUTPUT__0"],  # logits
-    "instance": ["OUTPUT__0", "OUTPUT__1", "OUTPUT__2", "OUTPUT__3"],  # boxes, scores, mask_probs, counts
-}
 
 
 class BatchedInstanceExport(nn.Module):

@@ -40,7 +40,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -52,7 +51,6 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FrozenBatchNorm2d, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops.poolers import _onnx_merge_levels
 
 SIZE_MULTIPLE_PX = 32
 N_CLASSES = 2  # background + loop (torchvision's order: background first)
@@ -167,19 +165,17 @@ class AlignedRoIPooler(nn.Module):
             [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0
         )
         levels = self.levels(rois[:, 1:])
-        result = torch.zeros((rois.shape[0], x[0].shape[1], *self.output_size), dtype=x[0].dtype)
-        tracing = torchvision._is_tracing()
-        per_level = []
+        pooled, order = [], []
         for level, (feature, scale) in enumerate(zip(x, self.scales, strict=True)):
             index = torch.where(levels == level)[0]
-            pooled = roi_align(
-                feature, rois[index], self.output_size, spatial_scale=scale, sampling_ratio=0, aligned=True
+            pooled.append(
+                roi_align(feature, rois[index], self.output_size, scale, sampling_ratio=0, aligned=True)
             )
-            if tracing:
-                per_level.append(pooled)
-            else:
-                result[index] = pooled
-        return _onnx_merge_levels(levels, per_level) if tracing else result
+            order.append(index)
+        # Rows come out grouped by level; one gather puts them back in the RoIs' order. (torchvision
+        # scatters every level into a zero tensor instead: in ONNX Runtime that ScatterElements
+        # over RoIs x channels x bins took 14 % of a tile's time.)
+        return torch.cat(pooled)[torch.argsort(torch.cat(order))]
 
 
 class LoopMaskRCNN(nn.Module):

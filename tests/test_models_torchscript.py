@@ -23,7 +23,6 @@ import torch
 from loopstream.models import export, export_instance
 from loopstream.models.architectures import build_model
 from loopstream.models.export_torchscript import (
-    TRITON_OUTPUTS,
     export_torchscript,
     instance_eager,
     instance_scripted,
@@ -32,6 +31,7 @@ from loopstream.models.export_torchscript import (
 )
 from loopstream.models.maskrcnn import build_maskrcnn
 from loopstream.models.predict import onnx_logits
+from loopstream.serving.core_models import CORE_TENSORS
 
 torch.set_num_threads(2)
 
@@ -78,7 +78,7 @@ def test_semantic_torchscript_matches_eager_and_onnx_runtime(tmp_path, tile):
     assert _relative(ts_crops, ref_crops) <= TS_VS_EAGER_SEMANTIC
     path = export.export_onnx(model, tmp_path / "model.onnx")
     assert _relative(onnx_logits(path)(tile), ts) <= ORT_VS_TS_SEMANTIC
-    assert len(TRITON_OUTPUTS["semantic"]) == 1
+    assert len(CORE_TENSORS["torchscript", "semantic"].outputs) == 1
 
 
 @needs_creme
@@ -91,7 +91,11 @@ def test_instance_torchscript_matches_eager_and_onnx_runtime(tmp_path, tile):
     with torch.no_grad():
         boxes, scores, masks, counts = scripted(torch.from_numpy(crops))
     assert boxes.shape[:2] == scores.shape == masks.shape[:2] and masks.shape[2:] == (28, 28)
-    assert counts.dtype == torch.int64 and counts.shape == (2,) and len(TRITON_OUTPUTS["instance"]) == 4
+    assert (
+        counts.dtype == torch.int64
+        and counts.shape == (2,)
+        and len(CORE_TENSORS["torchscript", "instance"].outputs) == 4
+    )
     ours = instance_scripted(scripted, crops)
     ref = instance_eager(model, crops)
     assert [len(o[1]) for o in ours] == [len(r[1]) for r in ref] and all(len(r[1]) for r in ref)

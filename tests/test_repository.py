@@ -89,3 +89,54 @@ def test_add_version_numbers_versions_and_rejects_unknown_settings(tmp_path: Pat
     (tmp_path / "bad.json").write_text('{"treshold": 0.5}')
     with pytest.raises(ValueError, match="treshold"):
         PipelineSpec.read(tmp_path / "bad.json")
+
+
+def _torchscript_repository(tmp_path: Path) -> Path:
+    """Both families with a (stand-in) TorchScript file: configs depend on the format, not the bytes."""
+    repository = tmp_path / "repository"
+    network = tmp_path / "model.pt"
+    network.write_bytes(b"stand-in: configs are written from the spec and the file type")
+    add_version(repository, "loops_semantic_ts", PipelineSpec(family="semantic"), network)
+    add_version(repository, "loops_instance_ts", PipelineSpec(family="instance", threshold=0.8), network)
+    return repository
+
+
+def test_torchscript_cores_batch_with_positional_names_in_both_flavours(tmp_path: Path) -> None:
+    repository = _torchscript_repository(tmp_path)
+    assert (
+        PipelineSpec.read(repository / "loops_instance_ts" / "1" / "pipeline.json").core_format
+        == "torchscript"
+    )
+    assert (repository / "loops_instance_ts_core" / "1" / "model.pt").exists()
+    for flavour, configs in (
+        ("local", _configs(repository)),
+        ("gpu", _configs(build_flavour(repository, tmp_path / "gpu", "gpu"))),
+    ):
+        for core in ("loops_semantic_ts_core", "loops_instance_ts_core"):
+            config = configs[core]
+            assert [i.name for i in config.input] == ["INPUT__0"], flavour
+            assert config.max_batch_size > 1 and config.HasField("dynamic_batching"), (flavour, core)
+            if flavour == "gpu":
+                assert config.platform == "pytorch_libtorch" and not config.backend
+                assert not config.optimization.execution_accelerators.gpu_execution_accelerator
+            else:
+                assert config.backend == "python"
+        outputs = {o.name: o for o in configs["loops_instance_ts_core"].output}
+        assert sorted(outputs) == ["OUTPUT__0", "OUTPUT__1", "OUTPUT__2", "OUTPUT__3"]
+        counts = outputs["OUTPUT__3"]
+        assert counts.data_type == mc.TYPE_INT64 and counts.HasField("reshape") and not counts.reshape.shape
+    assert (tmp_path / "gpu" / "loops_instance_ts_core" / "1" / "model.pt").exists()
+
+
+def test_a_pipeline_rejects_a_second_core_format_and_stays_as_it_was(tmp_path: Path) -> None:
+    repository = _torchscript_repository(tmp_path)
+    before = (repository / "loops_semantic_ts_core" / "config.pbtxt").read_text()
+    onnx = next(REPOSITORY.glob("loops_semantic_core/*/model.onnx"))
+    with pytest.raises(ValueError, match=r"mix core formats.*pipeline of its own"):
+        add_version(repository, "loops_semantic_ts", PipelineSpec(family="semantic"), onnx)
+    assert versions_of(repository, "loops_semantic_ts") == [1]
+    assert (repository / "loops_semantic_ts_core" / "config.pbtxt").read_text() == before
+    with pytest.raises(
+        ValueError, match=r"unknown network file type '\.pth'.*ONNX \(\.onnx\) or TorchScript"
+    ):
+        add_version(repository, "loops_other", PipelineSpec(), tmp_path / "model.pth")

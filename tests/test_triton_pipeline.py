@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from loopstream.client.shadow import agreement
 from loopstream.masks import decode_mask
-from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import add_version
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton

@@ -31,11 +31,10 @@ import pandas as pd
 
 from loopstream.masks import MaskCrop
 from loopstream.serving import instance, semantic
+from loopstream.serving.core_models import CORE_FILES, CORE_TENSORS, CoreTensors
 from loopstream.serving.frames import NORMALISATIONS, PreparedFrame, prepare_frame
 
 FAMILIES = ("semantic", "instance")
-CORE_INPUT = "image"  # the exported networks' own tensor names
-CORE_OUTPUTS = {"semantic": ("logits",), "instance": ("boxes", "scores", "mask_probs")}
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,13 @@ class PipelineSpec:
     min_area_px: int = 12
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
+    core_format: str = "onnx"  # or "torchscript": how the core network was exported
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; choose one of {FAMILIES}")
+        if self.core_format not in CORE_FILES:
+            raise ValueError(f"unknown core format {self.core_format!r}; choose one of {list(CORE_FILES)}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(
                 f"unknown normalisation {self.normalisation!r}; choose one of {list(NORMALISATIONS)}"
@@ -86,17 +88,23 @@ class Pipeline:
         )
 
     @property
-    def output_names(self) -> tuple[str, ...]:
-        return CORE_OUTPUTS[self.spec.family]
+    def tensors(self) -> CoreTensors:
+        """The core network's tensor names."""
+        return CORE_TENSORS[self.spec.core_format, self.spec.family]
+
+    @property
+    def tiles_per_request(self) -> int:
+        """Instance networks exported to ONNX take one tile (batch 1); the others take a few."""
+        one_tile = self.spec.family == "instance" and self.spec.core_format == "onnx"
+        return 1 if one_tile else self.spec.max_tiles_per_request
 
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
         return prepare_frame(frame, self.spec.tile_px, self.spec.overlap_px, self.spec.normalisation)
 
     def core_inputs(self, prepared: PreparedFrame) -> list[dict[str, np.ndarray]]:
         """The core requests of a frame: its tiles, a few per request."""
-        tiles = prepared.tiles_input
-        step = 1 if self.spec.family == "instance" else self.spec.max_tiles_per_request
-        return [{CORE_INPUT: tiles[i : i + step]} for i in range(0, len(tiles), step)]
+        tiles, step = prepared.tiles_input, self.tiles_per_request
+        return [{self.tensors.input: tiles[i : i + step]} for i in range(0, len(tiles), step)]
 
     def finish(
         self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame, with_masks: bool = False
@@ -104,12 +112,22 @@ class Pipeline:
         """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers (in
         request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
-            logits = np.concatenate([o["logits"] for o in outputs])
+            logits = np.concatenate([o[self.tensors.outputs[0]] for o in outputs])
             return semantic.finish_frame(logits, prepared, self.config, with_masks)
-        tiles = [instance.TileDetections.from_outputs(o) for o in outputs]
+        tiles = [tile for o in outputs for tile in self._tile_detections(o)]
         loops = instance.frame_instances(tiles, prepared, self.config)
         masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
         return instance.detections_from_instances(loops), masks
+
+    def _tile_detections(self, output: dict[str, np.ndarray]) -> list[instance.TileDetections]:
+        """The detections of each tile of one instance core answer."""
+        if self.spec.core_format == "onnx":
+            return [instance.TileDetections.from_outputs(output)]
+        boxes, scores, masks, counts = (output[name] for name in self.tensors.outputs)
+        return [
+            instance.TileDetections(boxes[i, :k], scores[i, :k], masks[i, :k])
+            for i, k in enumerate(counts.reshape(-1).tolist())
+        ]
 
     def analyse(
         self, frame: np.ndarray, core: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

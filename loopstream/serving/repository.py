@@ -1,21 +1,23 @@
 """The Triton model repository, written from model specs in two flavours.
 
 A pipeline version is a pair: ``<pipeline>/<v>/`` (pre/post-processing, settings in
-``pipeline.json``) and ``<pipeline>_core/<v>/model.onnx`` (the network). The flavour decides how
-they are served:
+``pipeline.json``) and ``<pipeline>_core/<v>/model.onnx`` or ``model.pt`` (the network, exported to
+ONNX or TorchScript; all versions of a pipeline share one format, since they share one core
+config). The flavour decides how they are served:
 
-- ``local``: both in Triton's Python backend, the network run by ONNX Runtime on the CPU (the
-  tritonserver of the nvidia-pytriton wheel has no other backend). Glue files are symlinks into
-  ``loopstream/serving/backends`` so every version runs the same code.
-- ``gpu``: the NGC tritonserver image; the network on the native ``onnxruntime`` backend with the
-  TensorRT accelerator in FP16, GPU instances and pinned memory; the pipeline stays in Python.
+- ``local``: both in Triton's Python backend, the network run by ONNX Runtime or libtorch on the
+  CPU (the tritonserver of the nvidia-pytriton wheel has no other backend). Glue files are
+  symlinks into ``loopstream/serving/backends`` so every version runs the same code.
+- ``gpu``: the NGC tritonserver image; an ONNX network on the native ``onnxruntime`` backend with
+  the TensorRT accelerator in FP16, a TorchScript one on ``pytorch_libtorch``; GPU instances and
+  pinned memory; the pipeline stays in Python.
 
 Every ``config.pbtxt`` is built as a ``model_config_pb2.ModelConfig`` message, so it is valid
 protobuf text by construction; tests parse it back.
 
 Example::
 
-    loopstream-repository add --pipeline loops_semantic --onnx unet.onnx --spec spec.json
+    loopstream-repository add --pipeline loops_semantic --network unet.onnx --spec spec.json
     loopstream-repository build --flavour gpu --out build/gpu-repository
 """
 
@@ -25,18 +27,20 @@ import argparse
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from loopstream.serving.pipelines import CORE_INPUT, CORE_OUTPUTS, PipelineSpec
+from loopstream.serving.core_models import CORE_FILES, core_format
+from loopstream.serving.pipelines import Pipeline, PipelineSpec
 
 FLAVOURS = ("local", "gpu")
 BACKENDS = Path(__file__).resolve().parent / "backends"
 GLUE = {
     "pipeline": BACKENDS / "pipeline.py",
-    "core": BACKENDS / "onnx_core.py",
+    "core": BACKENDS / "core.py",
     "noop": BACKENDS / "noop_pipeline.py",
 }
 
@@ -69,45 +73,61 @@ def core_config(name: str, versions: list[int], flavour: str, spec: PipelineSpec
     """The network on standardised tiles, as the family's exported graph takes them.
 
     Semantic networks take batches [N, 1, T, T] -> logits [N, 2, T, T], dynamically batched.
-    Instance networks (Mask R-CNN) are exported with batch 1 and ragged outputs (boxes [K, 4],
-    scores [K], mask_probs [K, 28, 28]): one tile per request, no batching, parallel instances.
+    Instance networks exported to ONNX have batch 1 and ragged outputs (boxes [K, 4], scores [K],
+    mask_probs [K, 28, 28]): one tile per request, no batching, parallel instances. Exported to
+    TorchScript they take batches and pad the detections, with a count per tile, so they batch too.
     """
     local = flavour == "local"
-    batched = spec.family == "semantic"
-    config = mc.ModelConfig(name=name, backend="python" if local else "onnxruntime")
+    tensors = Pipeline(spec).tensors
+    batched = spec.family == "semantic" or spec.core_format == "torchscript"
+    if local:
+        config = mc.ModelConfig(name=name, backend="python")
+    elif spec.core_format == "onnx":
+        config = mc.ModelConfig(name=name, backend="onnxruntime")
+    else:
+        config = mc.ModelConfig(name=name, platform="pytorch_libtorch")
     config.version_policy.specific.versions.extend(versions)
     tile = [spec.tile_px, spec.tile_px]
     if batched:
         config.max_batch_size = 8 if local else 16
-        config.input.add(name=CORE_INPUT, data_type=mc.TYPE_FP32, dims=[1, -1, -1])
-        config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[2, -1, -1])
+        config.input.add(name=tensors.input, data_type=mc.TYPE_FP32, dims=[1, -1, -1])
         # Queue delay chosen with bench/bench_batching.py: on CPU a longer wait buys no throughput.
         config.dynamic_batching.max_queue_delay_microseconds = 2000 if local else 5000
         if not local:
             config.dynamic_batching.preferred_batch_size.extend([8, 16])
         warmup_dims = [1, *tile]
     else:
-        config.input.add(name=CORE_INPUT, data_type=mc.TYPE_FP32, dims=[1, 1, -1, -1])
-        boxes, scores, masks = CORE_OUTPUTS["instance"]
+        config.input.add(name=tensors.input, data_type=mc.TYPE_FP32, dims=[1, 1, -1, -1])
+        warmup_dims = [1, 1, *tile]
+    if spec.family == "semantic":
+        config.output.add(name=tensors.outputs[0], data_type=mc.TYPE_FP32, dims=[2, -1, -1])
+    else:
+        boxes, scores, masks = tensors.outputs[:3]
         config.output.add(name=boxes, data_type=mc.TYPE_FP32, dims=[-1, 4])
         config.output.add(name=scores, data_type=mc.TYPE_FP32, dims=[-1])
         config.output.add(name=masks, data_type=mc.TYPE_FP32, dims=[-1, 28, 28])
-        warmup_dims = [1, 1, *tile]
+        if batched:  # the detection count of each tile: a scalar per batch item
+            counts = config.output.add(name=tensors.outputs[3], data_type=mc.TYPE_INT64, dims=[1])
+            counts.reshape.shape[:] = []
     warmup = config.model_warmup.add(name="tile", batch_size=1)
-    warmup.inputs[CORE_INPUT].CopyFrom(
+    warmup.inputs[tensors.input].CopyFrom(
         mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=warmup_dims, zero_data=True)
     )
+    instances = 1 if spec.family == "semantic" else 2
     if local:
-        # One ONNX Runtime session of 2 threads per instance; instance networks get two, so the
-        # tiles of a frame (one per request) overlap with each other's pre/post-processing.
-        config.instance_group.add(count=1 if batched else 2, kind=mc.ModelInstanceGroup.KIND_CPU)
+        # One runtime of 2 threads per instance; instance networks get two, so the tiles of a
+        # frame overlap with each other's pre/post-processing.
+        config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
         config.parameters["intra_op_threads"].string_value = "2"
         return config
-    config.instance_group.add(count=1 if batched else 2, kind=mc.ModelInstanceGroup.KIND_GPU)
-    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-    accelerator.parameters["precision_mode"] = "FP16"
-    accelerator.parameters["max_workspace_size_bytes"] = str(2 << 30)
-    accelerator.parameters["trt_engine_cache_enable"] = "1"
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+    if spec.core_format == "onnx":
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt"
+        )
+        accelerator.parameters["precision_mode"] = "FP16"
+        accelerator.parameters["max_workspace_size_bytes"] = str(2 << 30)
+        accelerator.parameters["trt_engine_cache_enable"] = "1"
     config.optimization.input_pinned_memory.enable = True
     config.optimization.output_pinned_memory.enable = True
     return config
@@ -120,7 +140,9 @@ def write_configs(repository: Path, flavour: str = "local") -> list[Path]:
     written = []
     for pipeline in pipelines_in(repository):
         versions = versions_of(repository, pipeline)
-        spec = PipelineSpec.read(repository / pipeline / str(versions[-1]) / "pipeline.json")
+        specs = {v: _spec(repository, pipeline, v) for v in versions}
+        _check_one_format(pipeline, specs)
+        spec = specs[versions[-1]]
         core = f"{pipeline}_core"
         for name, config in (
             (pipeline, pipeline_config(pipeline, versions)),
@@ -140,16 +162,25 @@ def write_configs(repository: Path, flavour: str = "local") -> list[Path]:
 
 
 def add_version(
-    repository: Path, pipeline: str, spec: PipelineSpec, onnx: Path, version: int | None = None
+    repository: Path, pipeline: str, spec: PipelineSpec, network: Path, version: int | None = None
 ) -> int:
-    """Add (or replace) a version of ``pipeline`` from an exported network; returns its number."""
+    """Add (or replace) a version of ``pipeline`` from an exported network (``.onnx`` or ``.pt``);
+    returns its number. The spec's ``core_format`` is set from the file."""
+    spec = replace(spec, core_format=core_format(network))
     existing = versions_of(repository, pipeline)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    _check_one_format(
+        pipeline, {v: _spec(repository, pipeline, v) for v in existing if v != version} | {version: spec}
+    )
     (repository / pipeline / str(version)).mkdir(parents=True, exist_ok=True)
     core_dir = repository / f"{pipeline}_core" / str(version)
     core_dir.mkdir(parents=True, exist_ok=True)
-    if Path(onnx).resolve() != (core_dir / "model.onnx").resolve():
-        shutil.copyfile(onnx, core_dir / "model.onnx")
+    target = core_dir / CORE_FILES[spec.core_format]
+    for stale in CORE_FILES.values():
+        if core_dir / stale != target:
+            (core_dir / stale).unlink(missing_ok=True)
+    if Path(network).resolve() != target.resolve():
+        shutil.copyfile(network, target)
     spec.write(repository / pipeline / str(version) / "pipeline.json")
     write_configs(repository, "local")
     return version
@@ -169,7 +200,8 @@ def build_flavour(source: Path, out: Path, flavour: str) -> Path:
         shutil.rmtree(out)
     for pipeline in pipelines_in(source):
         for version in versions_of(source, pipeline):
-            for name, file in ((pipeline, "pipeline.json"), (f"{pipeline}_core", "model.onnx")):
+            network = CORE_FILES[_spec(source, pipeline, version).core_format]
+            for name, file in ((pipeline, "pipeline.json"), (f"{pipeline}_core", network)):
                 target = out / name / str(version) / file
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / name / str(version) / file, target)
@@ -179,6 +211,20 @@ def build_flavour(source: Path, out: Path, flavour: str) -> Path:
         link.unlink()
         shutil.copyfile(real, link)
     return out
+
+
+def _spec(repository: Path, pipeline: str, version: int) -> PipelineSpec:
+    return PipelineSpec.read(repository / pipeline / str(version) / "pipeline.json")
+
+
+def _check_one_format(pipeline: str, specs: dict[int, PipelineSpec]) -> None:
+    """All versions of a pipeline share one core config, so one core format."""
+    formats = {v: s.core_format for v, s in sorted(specs.items())}
+    if len(set(formats.values())) > 1:
+        raise ValueError(
+            f"{pipeline}: versions would mix core formats {formats}; one core config serves them "
+            "all, so add the other format as a pipeline of its own (--pipeline NAME)"
+        )
 
 
 def _place_glue(path: Path, target: Path) -> None:
@@ -192,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loopstream-repository", description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add", help="add a pipeline version from an exported ONNX network")
+    add = commands.add_parser("add", help="add a pipeline version from an exported network")
     add.add_argument("--pipeline", default="loops_semantic")
-    add.add_argument("--onnx", type=Path, required=True)
+    add.add_argument("--network", type=Path, required=True, help="exported network: model.onnx or model.pt")
     add.add_argument("--spec", type=Path, required=True, help="pipeline.json settings of the version")
     add.add_argument("--version", type=int, default=None, help="default: the next free number")
     build = commands.add_parser("build", help="write a self-contained repository of one flavour")
@@ -204,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "add":
         version = add_version(
-            args.repository, args.pipeline, PipelineSpec.read(args.spec), args.onnx, args.version
+            args.repository, args.pipeline, PipelineSpec.read(args.spec), args.network, args.version
         )
         print(f"added {args.pipeline} version {version} to {args.repository}")
     elif args.command == "build":

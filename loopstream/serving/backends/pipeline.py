@@ -45,7 +45,7 @@ class TritonPythonModel:
         outputs = [
             {
                 name: pb_utils.get_output_tensor_by_name(r, name).as_numpy()
-                for name in self.pipeline.output_names
+                for name in self.pipeline.tensors.outputs
             }
             for r in replies
         ]
@@ -62,6 +62,6 @@ class TritonPythonModel:
         return pb_utils.InferenceRequest(
             model_name=self.core_model,
             model_version=self.core_version,
-            requested_output_names=list(self.pipeline.output_names),
+            requested_output_names=list(self.pipeline.tensors.outputs),
             inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
         ).async_exec()

@@ -1,1 +1,1 @@
-../../../loopstream/serving/backends/onnx_core.py
+../../../loopstream/serving/backends/core.py

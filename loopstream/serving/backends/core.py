@@ -1,8 +1,10 @@
-"""Triton glue of a core network on the local (CPU) flavour: ONNX Runtime in the Python backend.
+"""Triton glue of a core network on the local (CPU) flavour: ONNX Runtime or TorchScript in the
+Python backend, whichever file the version holds (``loopstream.serving.core_models``).
 
-Copied by the repository builder to ``<pipeline>_core/<version>/model.py`` beside ``model.onnx``.
-(The GPU flavour serves the same ``model.onnx`` with Triton's native onnxruntime backend.)
-Inputs and outputs are the ONNX graph's own, by name, so one glue serves every network.
+Linked by the repository builder as ``<pipeline>_core/<version>/model.py`` beside ``model.onnx`` or
+``model.pt``. (The GPU flavour serves the same file with Triton's native onnxruntime or
+pytorch_libtorch backend.) Inputs and outputs keep the network's own names, so one glue serves
+every network.
 """
 
 import json
@@ -12,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from loopstream.serving.onnx_model import OnnxModel
+from loopstream.serving.core_models import open_core
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
-        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = os.environ.get("LOOPSTREAM_ORT_THREADS") or parameters["intra_op_threads"]
-        self.model = OnnxModel(path, intra_op_threads=int(threads))
+        self.model = open_core(version_dir, intra_op_threads=int(threads))
         self.batched = config["max_batch_size"] > 0
 
     def execute(self, requests):
