@@ -20,6 +20,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loopstream.client.reconnecting import ReconnectingStream
 from loopstream.client.shared_memory import SharedMemorySlots
 from loopstream.client.sources import Frame
 
@@ -45,7 +46,7 @@ class FrameResult:
     attempts: int  # 1 unless the frame was sent again after a broken stream
 
 
-class InferenceStream:
+class InferenceStream(ReconnectingStream):
     """A bounded window of frames in flight on one Triton gRPC stream."""
 
     def __init__(
@@ -81,11 +82,7 @@ class InferenceStream:
             self.on_result(FrameResult(frame, None, _bad_frame_message(frame), 0.0, 0))
             return
         with self._cond:
-            while len(self._pending) >= self.max_in_flight or self._broken:
-                if self._broken:
-                    self._reconnect_locked()
-                    continue
-                self._cond.wait(0.5)
+            self._wait_locked(lambda: len(self._pending) >= self.max_in_flight or self._broken is not None)
             entry = _InFlight(frame, time.monotonic(), 1, self._slot_for(frame.image))
             self._pending[frame.index] = entry
             self._send(entry)
@@ -93,11 +90,7 @@ class InferenceStream:
     def drain(self) -> None:
         """Wait until every submitted frame is answered (reconnecting as often as needed)."""
         with self._cond:
-            while self._pending:
-                if self._broken:
-                    self._reconnect_locked()
-                    continue
-                self._cond.wait(0.5)
+            self._wait_locked(lambda: bool(self._pending))
 
     def close(self) -> None:
         """Drain, then close the stream: an open stream would block Triton's shutdown."""

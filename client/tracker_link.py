@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 
+from loopstream.client.reconnecting import ReconnectingStream
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -52,7 +53,7 @@ def loops_message(detections: np.ndarray) -> list[pb.Loop]:
     ]
 
 
-class DetectionStream:
+class DetectionStream(ReconnectingStream):
     """Sends FrameDetections of one session and tracks their acknowledgements."""
 
     def __init__(
@@ -83,11 +84,7 @@ class DetectionStream:
     def drain(self) -> None:
         """Wait for an acknowledgement of every frame sent, resending after reconnects."""
         with self._cond:
-            while self._unacked:
-                if self._broken:
-                    self._reconnect_locked()
-                    continue
-                self._cond.wait(0.5)
+            self._wait_locked(lambda: bool(self._unacked))
 
     def close(self) -> None:
         try:

@@ -200,6 +200,28 @@ def write_outputs(
         cv2.imwrite(str(out / "overlays" / f"{img.name}.png"), overlay(img, pred))
 
 
+def report(
+    images: Sequence[TruthImage],
+    predictions: Sequence[Prediction],
+    coco: CocoLoops | None,
+    pixel_nm: float,
+    out: Path | None,
+) -> pd.DataFrame:
+    """Print the summary table (and COCO mask AP where the truth is COCO); with ``out``, write
+    ``summary.csv`` and the per-image loop CSVs and overlays there."""
+    table = score_predictions(images, predictions, pixel_nm)
+    with pd.option_context("display.width", 250, "display.max_columns", 40):
+        print(table.round(3).to_string(index=False))
+    if coco is not None:
+        ap, ap50 = coco_ap(coco, images, predictions)
+        print(f"COCO mask AP {100 * ap:.1f}, AP50 {100 * ap50:.1f}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+        write_outputs(out, images, predictions, pixel_nm)
+    return table
+
+
 def overlay(img: TruthImage, pred: Prediction) -> np.ndarray:
     """BGR picture: the frame, true loop outlines in green, predicted ellipses in red."""
     grey = cv2.normalize(img.image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
@@ -255,17 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"threshold chosen on images {args.tune_ids}: {threshold}")
 
     predictions = [label_probabilities(frame_probabilities(logits_fn, i.image), threshold) for i in images]
-    table = score_predictions(images, predictions, args.pixel_nm)
-    with pd.option_context("display.width", 250, "display.max_columns", 40):
-        print(table.round(3).to_string(index=False))
-    if coco is not None:
-        ap, ap50 = coco_ap(coco, images, predictions)
-        print(f"COCO mask AP {100 * ap:.1f}, AP50 {100 * ap50:.1f}")
+    report(images, predictions, coco, args.pixel_nm, args.out)
     print(f"threshold {threshold}")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "summary.csv", index=False, float_format="%.4f")
-        write_outputs(args.out, images, predictions, args.pixel_nm)
 
 
 if __name__ == "__main__":

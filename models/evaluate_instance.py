@@ -31,10 +31,9 @@ from loopstream.models.datasets import CocoLoops
 from loopstream.models.evaluate import (
     PIXEL_NM,
     TruthImage,
-    coco_ap,
     coco_images,
+    report,
     score_predictions,
-    write_outputs,
 )
 from loopstream.models.export_instance import load_instance_checkpoint, onnx_tile_fn, torch_tile_fn
 from loopstream.models.predict import Prediction
@@ -120,15 +119,8 @@ def main(argv: list[str] | None = None) -> None:
 
     images = coco_images(coco, [int(i) for i in args.ids.split(",")] if args.ids else coco.ids)
     predictions = [prediction(*tile_outputs(run, i.image, config, args.raw_input), config) for i in images]
-    table = score_predictions(images, predictions, args.pixel_nm)
-    with pd.option_context("display.width", 250, "display.max_columns", 40):
-        print(table.round(3).to_string(index=False))
-    ap, ap50 = coco_ap(coco, images, predictions)
-    print(f"COCO mask AP {100 * ap:.1f}, AP50 {100 * ap50:.1f}; score threshold {config.score_threshold}")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "summary.csv", index=False, float_format="%.4f")
-        write_outputs(args.out, images, predictions, args.pixel_nm)
+    report(images, predictions, coco, args.pixel_nm, args.out)
+    print(f"score threshold {config.score_threshold}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ configurations and seeds, never repeated) and the rest from the COCO training im
 augmented (``loopstream.models.augment``). ``--sim-fraction 1`` is pretraining; fine-tuning starts
 from ``--init`` (weights only), ``--resume`` continues an interrupted run exactly where its last
 checkpoint left off (weights, optimiser, step, elapsed time, random state). The learning rate
-follows the run's progress, the larger of step / ``--steps`` and time / ``--max-minutes``.
+follows the run's progress, the larger of step / ``--steps`` and time / ``--max-minutes``
+(``loopstream.models.training_run``).
 
 Outputs in ``--out``: ``last.pt`` (every ``--val-every`` steps and at the end) and ``metrics.csv``
 (step, split, loss, Dice of foreground and core, learning rate, elapsed time).
@@ -20,8 +21,6 @@ Example (pretraining, then fine-tuning on creme with images 3, 7, 11 held out)::
 from __future__ import annotations
 
 import argparse
-import csv
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +31,13 @@ from loopstream.models.architectures import build_model
 from loopstream.models.augment import augment, random_crop
 from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
 from loopstream.models.losses import dice_scores, segmentation_loss
+from loopstream.models.training_run import TrainingRun
 
 # Simulator seeds: training draws from TRAIN_SEEDS, validation uses VAL_SEEDS; seeds below 10000
 # are left to evaluation and tests, so no evaluated frame was ever trained on.
 TRAIN_SEEDS = (1_000_000, 2_000_000)
 VAL_SEEDS = range(10_000, 10_008)
 LOG_COLUMNS = ["step", "split", "loss", "dice_fg", "dice_core", "lr", "elapsed_s"]
-
-
-def learning_rate(progress: float, peak: float, warmup: float = 0.05) -> float:
-    """Linear warm-up over the first 5 % of the run, then cosine decay to 1 % of ``peak``.
-
-    ``progress`` in [0, 1] is the larger of the step and wall-time fractions, so a run on a busy
-    shared CPU that ends on ``--max-minutes`` still anneals properly instead of stopping mid-way.
-    """
-    if progress < warmup:
-        return peak * (0.01 + 0.99 * progress / warmup)
-    cosine = 0.5 * (1.0 + np.cos(np.pi * min((progress - warmup) / (1.0 - warmup), 1.0)))
-    return float(peak * (0.01 + 0.99 * cosine))
 
 
 def parse_ids(text: str | None) -> list[int] | None:
@@ -153,8 +141,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, log_path = args.out / "last.pt", args.out / "metrics.csv"
 
     coco = None
     real: list[Sample] = []
@@ -166,73 +152,33 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args.arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    step, elapsed_before = 0, 0.0
-    if args.resume:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = state["step"], state["elapsed_s"]
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-    elif args.init is not None:
+    run = TrainingRun(args, model, optimizer, rng, LOG_COLUMNS)
+    if not args.resume and args.init is not None:
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
-
     source = BatchSource(real, args.sim_fraction if real else 1.0, args.sim_px, args.crop_px, rng)
     val_frames = validation_set(args, coco)
-    new_log = not (args.resume and log_path.exists())
-    log_file = log_path.open("w" if new_log else "a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(LOG_COLUMNS)
-
-    def checkpoint() -> None:
-        state = dict(
-            arch=args.arch,
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            step=step,
-            elapsed_s=elapsed(),
-            rng=rng.bit_generator.state,
-            torch_rng=torch.get_rng_state(),
-            args=vars(args),
-        )
-        torch.save(state, checkpoint_path.with_suffix(".tmp"))
-        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # never a half-written last.pt
-
-    start = time.monotonic()
-
-    def elapsed() -> float:
-        """Training wall time of the whole run in s, over resumed segments too."""
-        return elapsed_before + time.monotonic() - start
-
-    def progress() -> float:
-        budget = float("inf") if args.max_minutes is None else args.max_minutes * 60
-        return max(step / args.steps, elapsed() / budget if budget > 0 else 1.0)
 
     model.train()
     recent: list[float] = []
-    with tqdm(total=args.steps, initial=step, unit="step") as bar:
-        while progress() < 1.0:
-            lr = learning_rate(progress(), args.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    with tqdm(total=args.steps, initial=run.step, unit="step") as bar:
+        while not run.done:
+            lr = run.set_learning_rate()
             x, y = source.batch(args.batch_size)
             loss = segmentation_loss(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            step += 1
+            run.step += 1
             recent.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(recent[-20:]):.3f}", lr=f"{lr:.2g}")
-            done = progress() >= 1.0
-            if step % args.val_every == 0 or done:
-                seconds = round(elapsed(), 1)
-                log.writerow([step, "train", round(float(np.mean(recent)), 4), "", "", f"{lr:.3g}", seconds])
+            if run.step % args.val_every == 0 or run.done:
+                seconds = round(run.elapsed(), 1)
                 val_loss, dice_fg, dice_core = evaluate_loss(model, val_frames)
-                log.writerow(
+                run.log([run.step, "train", round(float(np.mean(recent)), 4), "", "", f"{lr:.3g}", seconds])
+                run.log(
                     [
-                        step,
+                        run.step,
                         "val",
                         round(val_loss, 4),
                         round(dice_fg, 4),
@@ -241,14 +187,12 @@ def main(argv: list[str] | None = None) -> None:
                         seconds,
                     ]
                 )
-                log_file.flush()
                 recent = []
-                checkpoint()
+                run.save()
                 bar.write(
-                    f"step {step}: val loss {val_loss:.3f}, Dice fg {dice_fg:.3f}, core {dice_core:.3f}"
+                    f"step {run.step}: val loss {val_loss:.3f}, Dice fg {dice_fg:.3f}, core {dice_core:.3f}"
                 )
-    print(f"finished at step {step} after {elapsed() / 60:.1f} min")
-    log_file.close()
+    run.close()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Mask R-CNN needs per-loop targets (boxes and masks), not the semantic models' fo
 maps, so it has its own loop; it reuses the semantic side's data (``loopstream.models.datasets``:
 simulator frames with truth, COCO images with ``--exclude-ids`` never read), augmentation
 (``loopstream.models.augment``, applied to the stack of instance masks) and learning-rate
-schedule (``loopstream.models.train.learning_rate``: warm-up, cosine, ends on ``--steps`` or
-``--max-minutes``, whichever first).
+schedule, checkpoints and resumption (``loopstream.models.training_run``: warm-up, cosine, ends on
+``--steps`` or ``--max-minutes``, whichever first).
 
 ``--init-encoder`` starts the ResNet-18 stages from a semantic ``unet_r18`` checkpoint (ours,
 trained here): with no downloadable weights, a backbone that has already seen loops is the
@@ -25,8 +25,6 @@ Example (the shipped model; creme images 3, 7, 11 held out)::
 from __future__ import annotations
 
 import argparse
-import csv
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,8 @@ from tqdm import tqdm
 from loopstream.models.augment import augment, random_crop
 from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
 from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
-from loopstream.models.train import TRAIN_SEEDS, learning_rate, parse_ids
+from loopstream.models.train import TRAIN_SEEDS, parse_ids
+from loopstream.models.training_run import TrainingRun
 
 LOSSES = ["loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"]
 MIN_AREA_PX = 6  # a loop cut by a crop to fewer pixels than this is no loop to learn from
@@ -113,8 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, log_path = args.out / "last.pt", args.out / "metrics.csv"
 
     real: list[Sample] = []
     if args.coco is not None:
@@ -125,29 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], args.lr, weight_decay=1e-4
     )
-    step, elapsed_before = 0, 0.0
-    if args.resume:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = state["step"], state["elapsed_s"]
-        rng.bit_generator.state = state["rng"]
-    elif args.init_encoder is not None:
+    run = TrainingRun(args, model, optimizer, rng, ["step", *LOSSES, "loss", "lr", "elapsed_s"])
+    if not args.resume and args.init_encoder is not None:
         print(f"backbone tensors from {args.init_encoder}: {init_encoder(model, args.init_encoder)}")
-
-    new_log = not (args.resume and log_path.exists())
-    log_file = log_path.open("w" if new_log else "a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["step", *LOSSES, "loss", "lr", "elapsed_s"])
-    start = time.monotonic()
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - start
-
-    def progress() -> float:
-        budget = float("inf") if args.max_minutes is None else args.max_minutes * 60
-        return max(step / args.steps, elapsed() / budget)
 
     def sample() -> Sample:
         if not real or rng.random() < args.sim_fraction:
@@ -157,11 +134,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model.train()
     recent: list[list[float]] = []
-    with tqdm(total=args.steps, initial=step, unit="step") as bar:
-        while progress() < 1.0:
-            lr = learning_rate(progress(), args.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    with tqdm(total=args.steps, initial=run.step, unit="step") as bar:
+        while not run.done:
+            lr = run.set_learning_rate()
             pairs = [training_pair(sample(), args.crop_px, rng) for _ in range(args.batch_size)]
             images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
             losses = model(images, [p[1] for p in pairs])
@@ -170,36 +145,24 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
-            step += 1
+            run.step += 1
             recent.append([losses[k].item() for k in LOSSES])
             bar.update(1)
             bar.set_postfix(loss=f"{np.sum(np.mean(recent, axis=0)):.3f}", lr=f"{lr:.2g}")
-            if step % args.log_every == 0 or progress() >= 1.0:
+            if run.step % args.log_every == 0 or run.done:
                 means = np.mean(recent, axis=0)
-                log.writerow(
+                run.log(
                     [
-                        step,
+                        run.step,
                         *np.round(means, 4),
                         round(float(means.sum()), 4),
                         f"{lr:.3g}",
-                        round(elapsed(), 1),
+                        round(run.elapsed(), 1),
                     ]
                 )
-                log_file.flush()
                 recent = []
-                state = dict(
-                    arch=args.arch,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    step=step,
-                    elapsed_s=elapsed(),
-                    rng=rng.bit_generator.state,
-                    args=vars(args),
-                )
-                torch.save(state, checkpoint_path.with_suffix(".tmp"))
-                checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
-    print(f"finished at step {step} after {elapsed() / 60:.1f} min")
-    log_file.close()
+                run.save()
+    run.close()
 
 
 if __name__ == "__main__":

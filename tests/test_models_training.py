@@ -14,7 +14,8 @@ import torch
 from loopstream.models.architectures import build_model
 from loopstream.models.datasets import CocoLoops, simulated_sample
 from loopstream.models.losses import segmentation_loss
-from loopstream.models.train import BatchSource, learning_rate, main
+from loopstream.models.train import BatchSource, main
+from loopstream.models.training_run import learning_rate
 
 DATA = Path(os.environ.get("LOOPSTREAM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 CREME = DATA / "creme-ds25s" / "train" / "annotations.json"
