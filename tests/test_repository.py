@@ -14,6 +14,7 @@ from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.repository import (
     add_version,
     build_flavour,
+    main,
     versions_of,
     write_configs,
 )
@@ -140,3 +141,13 @@ def test_a_pipeline_rejects_a_second_core_format_and_stays_as_it_was(tmp_path: P
         ValueError, match=r"unknown network file type '\.pth'.*ONNX \(\.onnx\) or TorchScript"
     ):
         add_version(repository, "loops_other", PipelineSpec(), tmp_path / "model.pth")
+
+
+def test_cli_says_what_is_wrong_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "spec.json").write_text('{"family": "instance"}')
+    argv = ["--repository", str(tmp_path / "repository"), "add", "--spec", str(tmp_path / "spec.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--network", str(tmp_path / "missing.onnx")])
+    assert exit_info.value.code == 2
+    assert "missing.onnx: no such network file; export one" in capsys.readouterr().err
+    assert not (tmp_path / "repository").exists(), "a failed add must leave nothing behind"

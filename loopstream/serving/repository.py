@@ -166,6 +166,11 @@ def add_version(
 ) -> int:
     """Add (or replace) a version of ``pipeline`` from an exported network (``.onnx`` or ``.pt``);
     returns its number. The spec's ``core_format`` is set from the file."""
+    if not Path(network).is_file():
+        raise FileNotFoundError(
+            f"{network}: no such network file; export one with python -m loopstream.models.export "
+            "(or export_instance / export_torchscript)"
+        )
     spec = replace(spec, core_format=core_format(network))
     existing = versions_of(repository, pipeline)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
@@ -249,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("refresh", help="rewrite the configs of the local repository")
     args = parser.parse_args(argv)
     if args.command == "add":
-        version = add_version(
-            args.repository, args.pipeline, PipelineSpec.read(args.spec), args.network, args.version
-        )
+        try:
+            version = add_version(
+                args.repository, args.pipeline, PipelineSpec.read(args.spec), args.network, args.version
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            parser.error(str(exc))  # exits 2 with the reason, no traceback
         print(f"added {args.pipeline} version {version} to {args.repository}")
     elif args.command == "build":
         print(
