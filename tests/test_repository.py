@@ -137,6 +137,7 @@ def test_a_pipeline_rejects_a_second_core_format_and_stays_as_it_was(tmp_path: P
         add_version(repository, "loops_semantic_ts", PipelineSpec(family="semantic"), onnx)
     assert versions_of(repository, "loops_semantic_ts") == [1]
     assert (repository / "loops_semantic_ts_core" / "config.pbtxt").read_text() == before
+    (tmp_path / "model.pth").write_bytes(b"a pickled state dict is not an exported network")
     with pytest.raises(
         ValueError, match=r"unknown network file type '\.pth'.*ONNX \(\.onnx\) or TorchScript"
     ):
