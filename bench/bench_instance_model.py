@@ -3,9 +3,9 @@
 Per tile: one real 512² creme tile (detections, and so the mask head's work, depend on the
 image, so trained weights and a real image are used). Per frame: the 25 overlapping 512 px tiles
 of a 2048² simulated frame, one call each (post-processing excluded). Target: ONNX Runtime >= 1.3x
-eager. Needs the trained checkpoint (not in the repository: see the README's model section).
+eager. Default weights: the shipped default model's (``models/checkpoints``).
 
-    .venv/bin/python bench/bench_instance_model.py --checkpoint build/instance/model.pt --threads 2
+    .venv/bin/python bench/bench_instance_model.py --threads 2 --repeats 5
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ from loopstream.models.export_instance import (
 from loopstream.models.export_torchscript import script_instance
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "creme-ds25s" / "train" / "imgs"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "creme-ds25s" / "train" / "imgs"
+SHIPPED = ROOT / "models" / "checkpoints" / "loops_instance_v2.pt"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, default=SHIPPED)
     p.add_argument("--image", type=Path, default=DATA / "3.png")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)

@@ -12,6 +12,11 @@ The legacy TorchScript-based exporter is used (``dynamo=False``, opset 17), the 
 exports torchvision's detection models here; the batch size is fixed at 1 by that exporter's
 handling of the per-image proposal lists (DESIGN.md section 3). ``--fp16`` stores the weights in
 half precision (the graph casts them back to float32 for compute) to halve the file.
+
+``--slim-checkpoint PATH`` also writes the weights alone in half precision (what the repository
+ships beside a default model, for fine-tuning, benchmarks and parity tests), and then exports the
+ONNX file from those same rounded weights, so the shipped checkpoint and the served network
+compute the same function.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ DYNAMIC_AXES = {
 }
 
 
+REBUILD_KEYS = ("arch", "spec_overrides", "cell_anchors")
+
+
+def checkpoint_header(path: str | Path) -> dict:
+    """What rebuilds an instance model around its weights: its architecture and, for imported
+    detectron2 models, their spec overrides and cell anchors."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {key: state[key] for key in REBUILD_KEYS if key in state}
+
+
 def load_instance_checkpoint(path: str | Path) -> LoopMaskRCNN:
     """The eval-mode model of a ``train_instance`` checkpoint or of an imported detectron2 model."""
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -42,6 +57,16 @@ def load_instance_checkpoint(path: str | Path) -> LoopMaskRCNN:
     if "cell_anchors" in state:
         model.rpn.anchor_generator.cell_anchors = state["cell_anchors"]
     return model.eval()
+
+
+def write_slim_checkpoint(model: LoopMaskRCNN, header: dict, path: str | Path) -> LoopMaskRCNN:
+    """Save ``header`` (``checkpoint_header``) and ``model``'s weights in half precision (floating
+    tensors only); returns ``model`` with its weights rounded to those values."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**header, "model": half}, path)
+    model.load_state_dict(half)  # copies back into the float32 parameters, rounded
+    return model
 
 
 def export_onnx(model: LoopMaskRCNN, path: str | Path, example_px: int = 256, fp16: bool = False) -> Path:
@@ -122,9 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint", type=Path, help="train_instance last.pt or an imported detectron2 model")
     p.add_argument("output", type=Path, help="ONNX file to write, e.g. build/instance/model.onnx")
     p.add_argument("--fp16", action="store_true", help="store weights in half precision")
+    p.add_argument("--slim-checkpoint", type=Path, help="also write the half-precision weights here")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model = load_instance_checkpoint(args.checkpoint)
+    if args.slim_checkpoint is not None:
+        write_slim_checkpoint(model, checkpoint_header(args.checkpoint), args.slim_checkpoint)
+        print(f"wrote {args.slim_checkpoint} ({args.slim_checkpoint.stat().st_size / 1e6:.1f} MB)")
     export_onnx(model, args.output, fp16=args.fp16)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)")
 

@@ -12,6 +12,12 @@ trained here): with no downloadable weights, a backbone that has already seen lo
 cheapest head start on a 2-core CPU. Its grey 1-channel stem becomes the 3-channel stem of the
 replicated input by dividing it by 3 (exactly the same response).
 
+``--init`` fine-tunes an instance checkpoint instead (ours, the half-precision weights shipped in
+``models/checkpoints``, or an imported detectron2 model): the reference's use case of adapting a
+model to a new alloy from a few annotated images. BatchNorm statistics stay those of the
+checkpoint, and ``last.pt`` records what rebuilds the model (architecture, spec overrides,
+anchors), so ``export_instance`` exports it as it exports the original.
+
 Outputs in ``--out``: ``last.pt`` ({"arch", "model", "optimizer", "step", "elapsed_s", "rng", "args"}),
 ``metrics.csv`` (step, mean of each loss over the last ``--log-every`` steps, lr, elapsed s).
 
@@ -20,6 +26,12 @@ Example (the shipped model; creme images 3, 7, 11 held out)::
     python -m loopstream.models.train_instance --out runs/instance --max-minutes 20 \\
         --coco ../shared/data/creme-ds25s/train/annotations.json --exclude-ids 3,7,11 \\
         --init-encoder runs/pre/last.pt
+
+Fine-tuning the shipped model on a new alloy's annotated images::
+
+    python -m loopstream.models.train_instance --out runs/alloy \\
+        --init models/checkpoints/loops_instance_v2.pt --coco alloy/annotations.json \\
+        --sim-fraction 0.3 --lr 1e-4 --max-minutes 30
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from tqdm import tqdm
 
 from loopstream.models.augment import augment, random_crop
 from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
+from loopstream.models.export_instance import checkpoint_header, load_instance_checkpoint
 from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
 from loopstream.models.train import TRAIN_SEEDS, parse_ids
 from loopstream.models.training_run import TrainingRun
@@ -55,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, help="wall-time budget (min), the run anneals to it")
     p.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     p.add_argument("--init-encoder", type=Path, help="semantic unet_r18 checkpoint for the ResNet stages")
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="instance checkpoint to fine-tune (train_instance, --slim-checkpoint or detectron2_import)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     p.add_argument("--log-every", type=int, default=10, help="steps between log rows and checkpoints")
     p.add_argument("--threads", type=int, default=2)
@@ -62,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.sim_fraction < 1.0 and args.coco is None:
         p.error("--sim-fraction < 1 needs --coco")
+    if args.init is not None and args.init_encoder is not None:
+        p.error("--init already sets every weight; --init-encoder would overwrite the backbone's")
     return args
 
 
@@ -107,6 +127,14 @@ def init_encoder(model: LoopMaskRCNN, checkpoint: Path) -> int:
     return len(loaded)
 
 
+def keep_batchnorm_statistics(model: torch.nn.Module) -> None:
+    """Fine-tuning: normalise with the statistics the model was trained with, as detectron2 always
+    does; a few small crops per batch from a handful of images would estimate them badly."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -118,11 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         coco = CocoLoops(args.coco, args.images, exclude_ids=parse_ids(args.exclude_ids))
         real = coco.samples()
         print(f"real training images: {[s.name for s in real]}")
+    header = {"arch": args.arch}
     model = build_maskrcnn(args.arch)
+    if args.init is not None:
+        header, model = checkpoint_header(args.init), load_instance_checkpoint(args.init)
+        args.arch = header["arch"]
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], args.lr, weight_decay=1e-4
     )
-    run = TrainingRun(args, model, optimizer, rng, ["step", *LOSSES, "loss", "lr", "elapsed_s"])
+    run = TrainingRun(args, model, optimizer, rng, ["step", *LOSSES, "loss", "lr", "elapsed_s"], header)
     if not args.resume and args.init_encoder is not None:
         print(f"backbone tensors from {args.init_encoder}: {init_encoder(model, args.init_encoder)}")
 
@@ -133,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         return real[int(rng.integers(len(real)))]
 
     model.train()
+    if args.init is not None:
+        keep_batchnorm_statistics(model)
     recent: list[list[float]] = []
     with tqdm(total=args.steps, initial=run.step, unit="step") as bar:
         while not run.done:

@@ -35,7 +35,9 @@ class TrainingRun:
     """Checkpoints, resumption, the metrics log, wall time and progress of one run.
 
     ``args`` needs ``out``, ``arch``, ``steps``, ``max_minutes``, ``lr`` and ``resume``; with
-    ``resume`` the model, optimiser and random states continue from ``out/last.pt``.
+    ``resume`` the model, optimiser and random states continue from ``out/last.pt``. ``header``
+    replaces ``{"arch": args.arch}`` as what ``last.pt`` records to rebuild the model (an imported
+    detectron2 model also needs its spec overrides and anchors).
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class TrainingRun:
         optimizer: torch.optim.Optimizer,
         rng: np.random.Generator,
         log_columns: list[str],
+        header: dict | None = None,
     ) -> None:
         self.args, self.model, self.optimizer, self.rng = args, model, optimizer, rng
+        self.header = header or {"arch": args.arch}
         args.out.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path: Path = args.out / "last.pt"
         self.step, self._elapsed_before = 0, 0.0
@@ -92,7 +96,7 @@ class TrainingRun:
 
     def save(self) -> None:
         state = dict(
-            arch=self.args.arch,
+            **self.header,
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
             step=self.step,

@@ -12,7 +12,7 @@ import torch
 from loopstream.models.datasets import simulated_sample
 from loopstream.models.export_instance import export_onnx, onnx_tile_fn, torch_tile_fn
 from loopstream.models.maskrcnn import build_maskrcnn
-from loopstream.models.train_instance import instance_target, training_pair
+from loopstream.models.train_instance import instance_target, main, training_pair
 
 torch.set_num_threads(2)
 
@@ -80,6 +80,31 @@ def test_a_few_steps_lower_the_loss_on_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_fine_tuning_keeps_the_model_definition_and_batchnorm_statistics(tmp_path):
+    torch.manual_seed(1)
+    start = build_maskrcnn("maskrcnn_r18", detections_per_image=16)
+    init = tmp_path / "start.pt"
+    torch.save(
+        {"arch": "maskrcnn_r18", "spec_overrides": {"detections_per_image": 16}, "model": start.state_dict()},
+        init,
+    )
+    out = tmp_path / "ft"
+    args = ["--init", str(init), "--sim-fraction", "1", "--crop-px", "128", "--batch-size", "1"]
+    main(["--out", str(out), *args, "--steps", "2", "--log-every", "1"])
+    tuned = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert tuned["arch"] == "maskrcnn_r18" and tuned["spec_overrides"] == {"detections_per_image": 16}
+    before, after = start.state_dict(), tuned["model"]
+    for key in ("backbone.body.bn1.running_mean", "backbone.body.layer2.0.bn2.running_var"):
+        assert torch.equal(before[key], after[key]), f"{key} changed while fine-tuning"
+    assert not torch.equal(before["backbone.body.conv1.weight"], after["backbone.body.conv1.weight"])
+
+
+def test_fine_tuning_refuses_a_second_initialisation(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--init", "a.pt", "--init-encoder", "b.pt", "--sim-fraction", "1"])
+    assert "--init already sets every weight" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["loopstream.models.maskrcnn", "loopstream.serving.instance"])
