@@ -63,6 +63,12 @@ def stream_microscopes(url: str, frames: list[list[Frame]]) -> tuple[float, list
     return sum(len(f) for f in frames) / (time.perf_counter() - start), latencies
 
 
+def _core_counts(client: triton.InferenceServerClient) -> tuple[int, int]:
+    """(inferences, executions) of the core model, over all its loaded versions."""
+    stats = client.get_inference_statistics(CORE).model_stats
+    return sum(s.inference_count for s in stats), sum(s.execution_count for s in stats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delays-us", type=int, nargs="+", default=[0, 2000, 20000])
@@ -91,14 +97,12 @@ def main() -> None:
                 url = f"127.0.0.1:{options.ports.grpc}"
                 stream_microscopes(url, [f[:1] for f in frames])  # warm every instance
                 with triton.InferenceServerClient(url) as client:
-                    before = client.get_inference_statistics(CORE).model_stats[0]
+                    before = _core_counts(client)
                     fps, latencies = stream_microscopes(url, frames)
-                    after = client.get_inference_statistics(CORE).model_stats[0]
+                    after = _core_counts(client)
             finally:
                 server.stop()
-        batch = (after.inference_count - before.inference_count) / (
-            after.execution_count - before.execution_count
-        )
+        batch = (after[0] - before[0]) / (after[1] - before[1])
         p50, p99 = np.percentile(latencies, [50, 99])
         rows.append((delay, fps, p50, p99, batch))
     print(

@@ -24,6 +24,7 @@ from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
+from loopstream.serving.repository import versions_of
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.stack import LocalStack
@@ -103,8 +104,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16, help="at 512²; fewer at larger sizes, same pixels")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args()
-    model = OnnxModel(args.repository / "loops_semantic_core" / "1" / "model.onnx")
-    pipeline = Pipeline(PipelineSpec.read(args.repository / "loops_semantic" / "1" / "pipeline.json"))
+    served = str(max(versions_of(args.repository, "loops_semantic")))  # what Triton serves by default
+    model = OnnxModel(args.repository / "loops_semantic_core" / served / "model.onnx")
+    pipeline = Pipeline(PipelineSpec.read(args.repository / "loops_semantic" / served / "pipeline.json"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), repository=args.repository) as stack:
         for size in args.sizes:

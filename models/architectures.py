@@ -44,4 +44,10 @@ def build_model(name: str) -> nn.Module:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
     spec = dict(ARCHITECTURES[name])
     family = getattr(smp, spec.pop("family"))
-    return family(encoder_weights=None, in_channels=1, classes=N_CLASSES, **spec)
+    model = family(encoder_weights=None, in_channels=1, classes=N_CLASSES, **spec)
+    # A depth-d ResNet encoder never runs its stages beyond d - 1, but smp keeps their weights
+    # (ResNet-18's last stage is 3/4 of its parameters): drop them from model and checkpoints.
+    for stage in range(spec.get("encoder_depth", 5), 5):
+        if hasattr(model.encoder, f"layer{stage}"):
+            setattr(model.encoder, f"layer{stage}", nn.Identity())
+    return model

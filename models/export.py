@@ -5,6 +5,10 @@ Contract of the core model (``model_repository/loops_semantic_core``): input ``i
 [N, 2, H, W] (foreground, core). Batch, height and width are dynamic. The legacy TorchScript-based
 exporter is used (``dynamo=False``, opset 17): the only one that exports these models with
 dynamic sizes here (DESIGN.md section 3).
+
+``--slim-checkpoint PATH`` also writes the weights alone in half precision
+(``loopstream.models.training_run.write_slim_checkpoint``) and exports the ONNX file (float32)
+from those same rounded weights.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import onnx
 import torch
 
 from loopstream.models.predict import load_checkpoint_model, onnx_logits, torch_logits
+from loopstream.models.training_run import checkpoint_header, write_slim_checkpoint
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DYNAMIC_AXES = {INPUT_NAME: {0: "n", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "n", 2: "height", 3: "width"}}
@@ -52,8 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "output", type=Path, help="ONNX file to write, e.g. model_repository/loops_semantic_core/1/model.onnx"
     )
+    p.add_argument("--slim-checkpoint", type=Path, help="also write the half-precision weights here")
     args = p.parse_args(argv)
     model = load_checkpoint_model(args.checkpoint)
+    if args.slim_checkpoint is not None:
+        write_slim_checkpoint(model, checkpoint_header(args.checkpoint), args.slim_checkpoint)
+        print(f"wrote {args.slim_checkpoint} ({args.slim_checkpoint.stat().st_size / 1e6:.1f} MB)")
     export_onnx(model, args.output)
     x = np.random.default_rng(0).standard_normal((2, 1, 512, 384)).astype(np.float32)
     size_mb = args.output.stat().st_size / 1e6

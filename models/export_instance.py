@@ -13,10 +13,9 @@ exports torchvision's detection models here; the batch size is fixed at 1 by tha
 handling of the per-image proposal lists (DESIGN.md section 3). ``--fp16`` stores the weights in
 half precision (the graph casts them back to float32 for compute) to halve the file.
 
-``--slim-checkpoint PATH`` also writes the weights alone in half precision (what the repository
-ships beside a default model, for fine-tuning, benchmarks and parity tests), and then exports the
-ONNX file from those same rounded weights, so the shipped checkpoint and the served network
-compute the same function.
+``--slim-checkpoint PATH`` also writes the weights alone in half precision
+(``loopstream.models.training_run.write_slim_checkpoint``) and exports the ONNX file from those
+same rounded weights.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import torch
 from onnx import numpy_helper
 
 from loopstream.models.maskrcnn import LoopMaskRCNN, SingleImageExport, build_maskrcnn
+from loopstream.models.training_run import checkpoint_header, write_slim_checkpoint
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ["boxes", "scores", "mask_probs"]
@@ -37,16 +37,6 @@ DYNAMIC_AXES = {
     INPUT_NAME: {2: "height", 3: "width"},
     **{name: {0: "detections"} for name in OUTPUT_NAMES},
 }
-
-
-REBUILD_KEYS = ("arch", "spec_overrides", "cell_anchors")
-
-
-def checkpoint_header(path: str | Path) -> dict:
-    """What rebuilds an instance model around its weights: its architecture and, for imported
-    detectron2 models, their spec overrides and cell anchors."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return {key: state[key] for key in REBUILD_KEYS if key in state}
 
 
 def load_instance_checkpoint(path: str | Path) -> LoopMaskRCNN:
@@ -57,16 +47,6 @@ def load_instance_checkpoint(path: str | Path) -> LoopMaskRCNN:
     if "cell_anchors" in state:
         model.rpn.anchor_generator.cell_anchors = state["cell_anchors"]
     return model.eval()
-
-
-def write_slim_checkpoint(model: LoopMaskRCNN, header: dict, path: str | Path) -> LoopMaskRCNN:
-    """Save ``header`` (``checkpoint_header``) and ``model``'s weights in half precision (floating
-    tensors only); returns ``model`` with its weights rounded to those values."""
-    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**header, "model": half}, path)
-    model.load_state_dict(half)  # copies back into the float32 parameters, rounded
-    return model
 
 
 def export_onnx(model: LoopMaskRCNN, path: str | Path, example_px: int = 256, fp16: bool = False) -> Path:

@@ -45,10 +45,10 @@ from tqdm import tqdm
 
 from loopstream.models.augment import augment, random_crop
 from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
-from loopstream.models.export_instance import checkpoint_header, load_instance_checkpoint
+from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
 from loopstream.models.train import TRAIN_SEEDS, parse_ids
-from loopstream.models.training_run import TrainingRun
+from loopstream.models.training_run import TrainingRun, checkpoint_header
 
 LOSSES = ["loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"]
 MIN_AREA_PX = 6  # a loop cut by a crop to fewer pixels than this is no loop to learn from

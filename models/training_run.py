@@ -6,6 +6,9 @@ checkpoint, and ``metrics.csv``, appended to when the run is resumed. Progress i
 step / ``--steps`` and wall time / ``--max-minutes``, so a run on a busy shared CPU that ends on its
 time budget still anneals its learning rate (``learning_rate``) instead of stopping mid-way.
 
+``write_slim_checkpoint`` is the shipped form of a run's weights: what the repository keeps beside
+a default model (``models/checkpoints``) for fine-tuning, benchmarks and parity tests.
+
 Examples
 --------
 >>> [round(learning_rate(progress, 1e-3), 6) for progress in (0.0, 0.05, 1.0)]
@@ -112,3 +115,24 @@ class TrainingRun:
     def close(self) -> None:
         print(f"finished at step {self.step} after {self.elapsed() / 60:.1f} min")
         self._log_file.close()
+
+
+REBUILD_KEYS = ("arch", "spec_overrides", "cell_anchors")
+
+
+def checkpoint_header(path: str | Path) -> dict:
+    """What rebuilds a model around a checkpoint's weights: its architecture and, for imported
+    detectron2 models, their spec overrides and cell anchors."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {key: state[key] for key in REBUILD_KEYS if key in state}
+
+
+def write_slim_checkpoint(model: torch.nn.Module, header: dict, path: str | Path) -> torch.nn.Module:
+    """Save ``header`` (what rebuilds the model, e.g. ``{"arch": ...}``) and ``model``'s weights in
+    half precision (floating tensors only); returns ``model`` with its weights rounded to those
+    values, so a network exported from it computes what the saved weights compute."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**header, "model": half}, path)
+    model.load_state_dict(half)  # copied back into the float32 parameters, rounded
+    return model

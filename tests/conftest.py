@@ -1,13 +1,32 @@
-"""Shared fixtures: a real local stack (tritonserver + tracker processes on 127.0.0.1)."""
+"""Shared fixtures and paths: a real local stack (tritonserver + tracker processes on 127.0.0.1),
+the shipped repository's default versions, the creme-ds25s sample beside the repository."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
+from loopstream.serving.repository import versions_of
 from loopstream.serving.triton import REPOSITORY
 from loopstream.stack import LocalStack
 
-CORE_MODEL = REPOSITORY / "loops_semantic_core" / "1" / "model.onnx"
+ROOT = Path(__file__).resolve().parents[1]
+CREME = (
+    Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data"))
+    / "creme-ds25s"
+    / "train"
+    / "annotations.json"
+)
+
+
+def default_version(pipeline: str) -> str:
+    """The version of a shipped pipeline that Triton serves to a request naming none: the highest."""
+    return str(max(versions_of(REPOSITORY, pipeline)))
+
+
+CORE_MODEL = REPOSITORY / "loops_semantic_core" / default_version("loops_semantic") / "model.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -194,6 +194,8 @@ def _container_tests_skip_reason() -> str | None:
         return "podman not installed (apt-get install podman debootstrap)"
     if shutil.which("debootstrap") is None:
         return "debootstrap not installed (needed for the local base image)"
+    if shutil.which("runc") is None:  # crun fails here: "cgroups in hybrid mode not supported"
+        return "runc not installed (apt-get install runc)"
     if os.geteuid() != 0:
         return "building the local base with debootstrap needs root"
     if SUITE is None:

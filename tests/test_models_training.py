@@ -14,8 +14,9 @@ import torch
 from loopstream.models.architectures import build_model
 from loopstream.models.datasets import CocoLoops, simulated_sample
 from loopstream.models.losses import segmentation_loss
+from loopstream.models.predict import load_checkpoint_model
 from loopstream.models.train import BatchSource, main
-from loopstream.models.training_run import learning_rate
+from loopstream.models.training_run import checkpoint_header, learning_rate, write_slim_checkpoint
 
 DATA = Path(os.environ.get("LOOPSTREAM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 CREME = DATA / "creme-ds25s" / "train" / "annotations.json"
@@ -98,3 +99,20 @@ def test_learning_rate_warms_up_then_anneals():
     assert rates[top] == pytest.approx(peak) and top == 5
     assert rates[0] == pytest.approx(0.01 * peak) and rates[-1] == pytest.approx(0.01 * peak)
     assert np.all(np.diff(rates[top:]) <= 0)
+
+
+def test_slim_checkpoint_holds_the_rounded_weights_it_leaves_in_the_model(tmp_path):
+    torch.manual_seed(3)
+    model = build_model("unet_r18").eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    path = tmp_path / "slim.pt"
+    rounded = write_slim_checkpoint(model, {"arch": "unet_r18"}, path)
+    assert checkpoint_header(path) == {"arch": "unet_r18"}
+    assert torch.load(path, weights_only=False)["model"]["encoder.conv1.weight"].dtype == torch.float16
+    assert path.stat().st_size < 0.6 * sum(t.numel() * 4 for t in model.state_dict().values())
+    with torch.no_grad():
+        after, loaded = rounded(x), load_checkpoint_model(path)(x)
+    assert torch.equal(after, loaded), "the shipped weights compute what the exported model computes"
+    assert 0 < float((after - before).abs().max()) < 1e-2 * float(before.abs().max())

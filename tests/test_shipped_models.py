@@ -2,14 +2,16 @@
 default instance model still finds the held-out loops.
 
 ``models/checkpoints/<pipeline>_v<version>.pt`` holds the half-precision weights of
-``model_repository/<pipeline>_core/<version>/model.onnx`` (written together by
-``export_instance --slim-checkpoint``). On a real creme tile, through ONNX Runtime, TorchScript
-and eager PyTorch:
+``model_repository/<pipeline>_core/<version>/model.onnx`` (written together by ``export`` /
+``export_instance --slim-checkpoint``). On a real creme tile (512 px, standardised like serving),
+through ONNX Runtime, TorchScript and eager PyTorch:
 
-- ONNX Runtime vs eager: the same detections (count), boxes, scores and mask probabilities within
-  atol 2e-3 + rtol 1e-3 (float32 summation order; the exporter folds nothing else).
-- TorchScript vs eager: the same ATen kernels, so boxes within 1e-3 px, scores and mask
-  probabilities within 1e-4.
+- Instance, ONNX Runtime vs eager: the same detections (count), boxes, scores and mask
+  probabilities within atol 2e-3 + rtol 1e-3 (float32 summation order; the exporter folds
+  BatchNorm into the convolutions). TorchScript vs eager: the same ATen kernels, so boxes within
+  1e-3 px, scores and mask probabilities within 1e-4.
+- Semantic, ONNX Runtime vs eager: logits within 1e-4 of the largest |logit|; TorchScript vs
+  eager within 1e-5 of it.
 
 The held-out floors are regression guards well below the model card's figures (README), not the
 targets; held-out creme images 3, 7 and 11 were used neither for training nor for the threshold.
@@ -17,7 +19,6 @@ targets; held-out creme images 3, 7 and 11 were used neither for training nor fo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +28,28 @@ import torch
 from loopstream.models.datasets import CocoLoops
 from loopstream.models.evaluate import coco_images, score_predictions
 from loopstream.models.evaluate_instance import prediction, tile_outputs
-from loopstream.models.export_instance import load_instance_checkpoint, onnx_tile_fn
+from loopstream.models.export_instance import onnx_tile_fn
 from loopstream.models.export_torchscript import (
     instance_eager,
     instance_scripted,
+    load_model,
     max_differences,
     real_tile,
     script_instance,
+    script_semantic,
+    semantic_differences,
 )
+from loopstream.models.predict import onnx_logits, torch_logits
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
-from loopstream.serving.repository import versions_of
+from tests.conftest import CREME, REPOSITORY, ROOT, default_version
 
 torch.set_num_threads(2)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data"))
-CREME = DATA / "creme-ds25s" / "train" / "annotations.json"
 CREME_IMAGE = CREME.parent / "imgs" / "3.png"
-REPOSITORY = ROOT / "model_repository"
 HELD_OUT_IDS = [3, 7, 11]
 CHECKPOINTS = sorted((ROOT / "models" / "checkpoints").glob("*_v*.pt"))
-TS_VS_EAGER = (1e-3, 1e-4, 1e-4)  # boxes px, scores, mask probabilities
+INSTANCE_TS_VS_EAGER = (1e-3, 1e-4, 1e-4)  # boxes px, scores, mask probabilities
+SEMANTIC_TS_VS_EAGER, SEMANTIC_ORT_VS_EAGER = 1e-5, 1e-4  # relative to max |logit|
 
 
 def _served(pipeline: str, version: str) -> tuple[PipelineSpec, Path]:
@@ -56,9 +58,10 @@ def _served(pipeline: str, version: str) -> tuple[PipelineSpec, Path]:
     return spec, REPOSITORY / f"{pipeline}_core" / version / "model.onnx"
 
 
-def test_the_default_instance_model_ships_its_weights() -> None:
-    default = max(versions_of(REPOSITORY, "loops_instance"))  # what a request without a version gets
-    assert f"loops_instance_v{default}.pt" in [c.name for c in CHECKPOINTS]
+def test_the_default_models_ship_their_weights() -> None:
+    names = [c.name for c in CHECKPOINTS]
+    for pipeline in ("loops_instance", "loops_semantic"):
+        assert f"{pipeline}_v{default_version(pipeline)}.pt" in names
     for checkpoint in CHECKPOINTS:
         assert checkpoint.stat().st_size <= 25e6
         pipeline, version = checkpoint.stem.rsplit("_v", 1)
@@ -69,9 +72,15 @@ def test_the_default_instance_model_ships_its_weights() -> None:
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
 def test_shipped_network_matches_its_weights_in_every_runtime(checkpoint: Path) -> None:
     spec, onnx = _served(*checkpoint.stem.rsplit("_v", 1))
-    assert spec.family == "instance", "semantic checkpoints would need the semantic comparison"
-    model = load_instance_checkpoint(checkpoint)
+    model = load_model(spec.family, checkpoint)
     tile = real_tile(CREME_IMAGE)
+    if spec.family == "semantic":
+        eager = torch_logits(model)(tile)
+        assert (eager[:, 0] > 0).any(), "a trained model finds loop pixels on a real tile"
+        ort = onnx_logits(onnx)(tile)
+        assert np.abs(ort - eager).max() <= SEMANTIC_ORT_VS_EAGER * max(np.abs(eager).max(), 1.0)
+        assert semantic_differences(model, script_semantic(model), tile) <= SEMANTIC_TS_VS_EAGER
+        return
     (eager,) = instance_eager(model, tile)
     assert len(eager[1]) > 0, "a trained model finds loops on a real tile"
     ort = onnx_tile_fn(onnx)(tile)
@@ -79,13 +88,13 @@ def test_shipped_network_matches_its_weights_in_every_runtime(checkpoint: Path) 
     for a, b in zip(ort, eager, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3, rtol=1e-3)
     scripted = instance_scripted(script_instance(model), tile)
-    for difference, tolerance in zip(max_differences(scripted, [eager]), TS_VS_EAGER, strict=True):
+    for difference, tolerance in zip(max_differences(scripted, [eager]), INSTANCE_TS_VS_EAGER, strict=True):
         assert difference <= tolerance
 
 
 @pytest.mark.skipif(not CREME.exists(), reason=f"no creme-ds25s data at {CREME}")
 def test_the_default_instance_model_finds_held_out_loops() -> None:
-    spec, onnx = _served("loops_instance", str(max(versions_of(REPOSITORY, "loops_instance"))))
+    spec, onnx = _served("loops_instance", default_version("loops_instance"))
     config, run = Pipeline(spec).config, onnx_tile_fn(onnx)
     images = coco_images(CocoLoops(CREME), HELD_OUT_IDS)
     predictions = [prediction(*tile_outputs(run, i.image, config, raw_input=False), config) for i in images]

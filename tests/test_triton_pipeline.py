@@ -16,11 +16,12 @@ from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.stack import LocalStack
-from tests.conftest import CORE_MODEL
+from tests.conftest import CORE_MODEL, default_version
 
 PIPELINE = "loops_semantic"
-SHIPPED = Pipeline(PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json"))
+SHIPPED = Pipeline(PipelineSpec.read(REPOSITORY / PIPELINE / default_version(PIPELINE) / "pipeline.json"))
 INSTANCE = "loops_instance"
+INSTANCE_DEFAULT = default_version(INSTANCE)
 
 
 INPUTS = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT16")}
@@ -82,8 +83,9 @@ def test_masks_come_run_length_encoded_only_when_asked_for(client, model: str) -
 def test_served_instance_pipeline_finds_the_same_loops_as_in_process(client) -> None:
     frame = SimulatedMicroscope(SimulationConfig(shape=(600, 700)), seed=4).render(2)
     served = _infer(client, frame, INSTANCE)
-    pipeline = Pipeline(PipelineSpec.read(REPOSITORY / INSTANCE / "1" / "pipeline.json"))
-    local = pipeline.analyse(frame, OnnxModel(REPOSITORY / f"{INSTANCE}_core" / "1" / "model.onnx").run)
+    pipeline = Pipeline(PipelineSpec.read(REPOSITORY / INSTANCE / INSTANCE_DEFAULT / "pipeline.json"))
+    network = OnnxModel(REPOSITORY / f"{INSTANCE}_core" / INSTANCE_DEFAULT / "model.onnx")
+    local = pipeline.analyse(frame, network.run)
     assert len(served) > 0
     assert served.shape == local.shape
     np.testing.assert_allclose(served[:, 1:3], local.to_numpy(np.float32)[:, 1:3], atol=0.05)
@@ -117,7 +119,7 @@ def test_a_request_without_a_frame_is_rejected(client) -> None:
 
 
 def test_concurrent_microscopes_share_core_model_batches(stack: LocalStack, client) -> None:
-    before = client.get_inference_statistics("loops_semantic_core").model_stats[0]
+    before = client.get_inference_statistics("loops_semantic_core", default_version(PIPELINE)).model_stats[0]
     frames = [SimulatedMicroscope(SimulationConfig(shape=(256, 256)), seed=s).render(0) for s in range(4)]
     errors: list[Exception] = []
 
@@ -135,7 +137,7 @@ def test_concurrent_microscopes_share_core_model_batches(stack: LocalStack, clie
     for t in threads:
         t.join()
     assert not errors
-    after = client.get_inference_statistics("loops_semantic_core").model_stats[0]
+    after = client.get_inference_statistics("loops_semantic_core", default_version(PIPELINE)).model_stats[0]
     inferences = after.inference_count - before.inference_count
     executions = after.execution_count - before.execution_count
     assert inferences == 16
