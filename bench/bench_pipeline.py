@@ -24,7 +24,7 @@ from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
-from loopstream.serving.repository import versions_of
+from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.stack import LocalStack
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16, help="at 512²; fewer at larger sizes, same pixels")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args()
-    served = str(max(versions_of(args.repository, "loops_semantic")))  # what Triton serves by default
+    served = str(default_version(args.repository, "loops_semantic"))
     model = OnnxModel(args.repository / "loops_semantic_core" / served / "model.onnx")
     pipeline = Pipeline(PipelineSpec.read(args.repository / "loops_semantic" / served / "pipeline.json"))
     rows = []

@@ -98,9 +98,9 @@ def script_semantic(model: nn.Module, example_px: int = 256) -> torch.jit.Script
 
 
 def _freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    """Keep only the weights ``forward`` uses: smp's depth-4 encoders still hold ResNet's unused
-    last stage (46 MB scripted vs 12 MB frozen). ``optimize_numerics=False`` skips BatchNorm
-    folding, so the frozen model computes exactly what eager does."""
+    """Keep only the weights ``forward`` uses (some smp encoders hold stages they never run).
+    ``optimize_numerics=False`` skips BatchNorm folding, so the frozen model computes exactly what
+    eager does."""
     return torch.jit.freeze(module, optimize_numerics=False)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loopstream.serving.repository import versions_of
+from loopstream.serving import repository
 from loopstream.serving.triton import REPOSITORY
 from loopstream.stack import LocalStack
 
@@ -19,11 +19,12 @@ CREME = (
     / "train"
     / "annotations.json"
 )
+CREME_IMAGE = CREME.parent / "imgs" / "3.png"  # a real bright-field frame, 512 x 512
 
 
 def default_version(pipeline: str) -> str:
-    """The version of a shipped pipeline that Triton serves to a request naming none: the highest."""
-    return str(max(versions_of(REPOSITORY, pipeline)))
+    """The shipped pipeline version a request naming none gets, as a path segment."""
+    return str(repository.default_version(REPOSITORY, pipeline))
 
 
 CORE_MODEL = REPOSITORY / "loops_semantic_core" / default_version("loops_semantic") / "model.onnx"

@@ -13,9 +13,6 @@ models exported here, so CI needs no checkpoint. Tolerances:
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -32,12 +29,10 @@ from loopstream.models.export_torchscript import (
 from loopstream.models.maskrcnn import build_maskrcnn
 from loopstream.models.predict import onnx_logits
 from loopstream.serving.core_models import CORE_TENSORS
+from tests.conftest import CREME_IMAGE
 
 torch.set_num_threads(2)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data"))
-CREME_IMAGE = DATA / "creme-ds25s" / "train" / "imgs" / "3.png"
 needs_creme = pytest.mark.skipif(not CREME_IMAGE.exists(), reason=f"no creme-ds25s image at {CREME_IMAGE}")
 
 TS_VS_EAGER_SEMANTIC = 1e-5  # relative to max |logit|

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,9 +15,7 @@ from loopstream.models.losses import segmentation_loss
 from loopstream.models.predict import load_checkpoint_model
 from loopstream.models.train import BatchSource, main
 from loopstream.models.training_run import checkpoint_header, learning_rate, write_slim_checkpoint
-
-DATA = Path(os.environ.get("LOOPSTREAM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-CREME = DATA / "creme-ds25s" / "train" / "annotations.json"
+from tests.conftest import CREME
 
 
 def test_a_few_steps_on_simulated_frames_lower_the_loss():

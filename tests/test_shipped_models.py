@@ -41,11 +41,10 @@ from loopstream.models.export_torchscript import (
 )
 from loopstream.models.predict import onnx_logits, torch_logits
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
-from tests.conftest import CREME, REPOSITORY, ROOT, default_version
+from tests.conftest import CREME, CREME_IMAGE, REPOSITORY, ROOT, default_version
 
 torch.set_num_threads(2)
 
-CREME_IMAGE = CREME.parent / "imgs" / "3.png"
 HELD_OUT_IDS = [3, 7, 11]
 CHECKPOINTS = sorted((ROOT / "models" / "checkpoints").glob("*_v*.pt"))
 INSTANCE_TS_VS_EAGER = (1e-3, 1e-4, 1e-4)  # boxes px, scores, mask probabilities

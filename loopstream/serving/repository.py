@@ -53,6 +53,11 @@ def versions_of(repository: Path, pipeline: str) -> list[int]:
     return sorted(int(p.parent.name) for p in (repository / pipeline).glob("*/pipeline.json"))
 
 
+def default_version(repository: Path, pipeline: str) -> int:
+    """The version Triton serves to a request naming none: the highest one in the repository."""
+    return max(versions_of(repository, pipeline))
+
+
 def pipeline_config(name: str, versions: list[int]) -> mc.ModelConfig:
     """Frame in (uint8 or uint16, any size), loop ellipses out; the same in both flavours."""
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
