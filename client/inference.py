@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from loopstream.client.reconnecting import ReconnectingStream
 from loopstream.client.shared_memory import SharedMemorySlots
 from loopstream.client.sources import Frame
+from loopstream.serving.versions import ready_versions
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,34 @@ class InferenceStream(ReconnectingStream):
             entry.sent_s = time.monotonic()
             entry.attempts += 1
             self._send(entry)
+
+
+def pinned_version(url: str, model_name: str, requested: str = "", timeout_s: float = 120.0) -> str:
+    """The version a session sends every frame to: ``requested``, or else the highest one ready now.
+
+    Triton sends an unversioned request to its highest ready version, which changes when a newer
+    version is loaded; pinning at session open keeps one session on one model. Waits up to
+    ``timeout_s`` for Triton to be live with a ready version, like a reconnect does.
+    """
+    if requested:
+        return requested
+    deadline = time.monotonic() + timeout_s
+    problem = "no answer"
+    while True:
+        try:
+            with triton.InferenceServerClient(url) as client:
+                versions = ready_versions(client, model_name)
+            if versions:
+                return str(versions[-1])
+            problem = f"no version of {model_name} is ready"
+        except InferenceServerException as exc:
+            problem = exc.message()
+        if time.monotonic() > deadline:
+            raise ConnectionError(
+                f"Triton at {url} has no ready version of {model_name} after {timeout_s:.0f} s ({problem}); "
+                "start Triton with that model loaded (check --triton), then open the session again"
+            )
+        time.sleep(0.5)
 
 
 def _bad_frame_message(frame: Frame) -> str:

@@ -1,9 +1,9 @@
 """The client's Python API: one microscope session from frames to stored detections.
 
 Facility software embeds this: open a session at the tracker (which says which model version
-the session uses), submit frames as the camera produces them, and close to get a report of what
-happened to every frame. Frames go to Triton, their detections to the tracker; nothing here
-knows about models.
+the session uses, or leaves it to the highest one Triton serves, pinned at open), submit frames
+as the camera produces them, and close to get a report of what happened to every frame. Frames
+go to Triton, their detections to the tracker; nothing here knows about models.
 
 Example (with services running)::
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from loopstream.client.backpressure import FrameGate, Policy
-from loopstream.client.inference import FrameResult, InferenceStream
+from loopstream.client.inference import FrameResult, InferenceStream, pinned_version
 from loopstream.client.shadow import ShadowJoin, agreement
 from loopstream.client.sources import Frame
 from loopstream.client.tracker_link import DetectionStream, auth_metadata, loops_message, open_channel
@@ -108,7 +108,13 @@ class MicroscopeSession:
         finally:
             channel.close()
         self.report.session_id = self.session.session_id
-        self.report.model = f"{self.session.model_name}:{self.session.model_version or 'latest'}"
+        self.model_version = pinned_version(
+            endpoints.triton,
+            self.session.model_name,
+            self.session.model_version,
+            endpoints.reconnect_timeout_s,
+        )
+        self.report.model = f"{self.session.model_name}:{self.model_version}"
         self._tracker = DetectionStream(
             endpoints.tracker, endpoints.token, self._on_ack, endpoints.reconnect_timeout_s
         )
@@ -116,7 +122,7 @@ class MicroscopeSession:
             endpoints.triton,
             self.session.model_name,
             self._on_result,
-            model_version=self.session.model_version,
+            model_version=self.model_version,
             max_in_flight=endpoints.max_in_flight,
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
             session_id=self.session.session_id,
@@ -206,7 +212,7 @@ class MicroscopeSession:
             frame_index=frame.index,
             timestamp_s=frame.timestamp_s,
             model_name=self.session.model_name,
-            model_version=self.session.model_version,
+            model_version=self.model_version,
             width_px=w,
             height_px=h,
             loops=loops_message(detections),
