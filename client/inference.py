@@ -20,7 +20,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from loopstream.client.reconnecting import ReconnectingStream
+from loopstream.client.reconnecting import POLL_S, ReconnectingStream
 from loopstream.client.shared_memory import SharedMemorySlots
 from loopstream.client.sources import Frame
 from loopstream.serving.versions import ready_versions
@@ -175,7 +175,7 @@ class InferenceStream(ReconnectingStream):
                         f"Triton at {self.url} did not come back within {self.reconnect_timeout_s:.0f} s; "
                         f"{len(self._pending)} frames are unanswered; check the server and run again"
                     )
-                time.sleep(0.5)
+                time.sleep(POLL_S)
         finally:
             self._cond.acquire()
         self._client = client
@@ -216,7 +216,7 @@ def pinned_version(url: str, model_name: str, requested: str = "", timeout_s: fl
                 f"Triton at {url} has no ready version of {model_name} after {timeout_s:.0f} s ({problem}); "
                 "start Triton with that model loaded (check --triton), then open the session again"
             )
-        time.sleep(0.5)
+        time.sleep(POLL_S)
 
 
 def _bad_frame_message(frame: Frame) -> str:

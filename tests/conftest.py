@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from loopstream.serving import repository
+from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.stack import LocalStack
 
@@ -28,6 +31,30 @@ def default_version(pipeline: str) -> str:
 
 
 CORE_MODEL = REPOSITORY / "loops_semantic_core" / default_version("loops_semantic") / "model.onnx"
+SEMANTIC_V1_ONNX = REPOSITORY / "loops_semantic_core" / "1" / "model.onnx"
+
+
+def differing_versions(min_area_px: int) -> dict[int, PipelineSpec]:
+    """Settings of two loops_semantic versions that answer differently on one network: version 1
+    as shipped, version 2 keeping only loops of at least ``min_area_px``, so an answer shows which
+    version gave it."""
+    shipped = PipelineSpec.read(REPOSITORY / "loops_semantic" / "1" / "pipeline.json")
+    return {1: shipped, 2: PipelineSpec(**{**shipped.__dict__, "min_area_px": min_area_px})}
+
+
+def write_versions(root: Path, specs: dict[int, PipelineSpec]) -> Path:
+    """A model repository under ``root`` with these loops_semantic versions (all on SEMANTIC_V1_ONNX)."""
+    for version, spec in specs.items():
+        repository.add_version(root / "repository", "loops_semantic", spec, SEMANTIC_V1_ONNX, version)
+    return root / "repository"
+
+
+def infer_detections(url: str, pipeline: str, frame: np.ndarray, version: str) -> np.ndarray:
+    """One uint16 frame through ``pipeline`` at ``version`` ("" = Triton's choice): its DETECTIONS."""
+    with triton.InferenceServerClient(url) as client:
+        tensor = triton.InferInput("FRAME_U16", list(frame.shape), "UINT16")
+        tensor.set_data_from_numpy(frame)
+        return client.infer(pipeline, [tensor], model_version=version).as_numpy("DETECTIONS")
 
 
 @pytest.fixture(scope="session")

@@ -16,21 +16,16 @@ import pytest
 from loopstream.client import rollout_cli
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame, SimulatorSource
-from loopstream.serving.pipelines import PipelineSpec
-from loopstream.serving.repository import add_version
-from loopstream.serving.triton import REPOSITORY
 from loopstream.simulator import SimulationConfig
 from loopstream.stack import LocalStack
 from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.rollout import Policy, Shadow, promote, shadows_frame, write_policy
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2 as pb
+from tests.conftest import differing_versions, write_versions
 
 PIPELINE = "loops_semantic"
-ONNX = REPOSITORY / f"{PIPELINE}_core" / "1" / "model.onnx"
-SHIPPED_SPEC = PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json")
-# Version 2: the same network keeping only large loops, so the arms answer differently.
-SPECS = {1: SHIPPED_SPEC, 2: PipelineSpec(**{**SHIPPED_SPEC.__dict__, "min_area_px": 500})}
+SPECS = differing_versions(min_area_px=500)
 CONFIG = SimulationConfig(shape=(256, 256), n_frames=10)
 FRAMES: list[Frame] = list(SimulatorSource(CONFIG, seed=7))
 TRIAL = Policy(PIPELINE, {"1": 0.5, "2": 0.5})
@@ -43,13 +38,12 @@ LOOP_VALUES = ["score", "x_px", "y_px", "major_px", "minor_px", "angle_deg", "ar
 @pytest.fixture(scope="module")
 def ab_stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ab")
-    for version, spec in SPECS.items():
-        add_version(root / "repository", PIPELINE, spec, ONNX, version)
+    repository = write_versions(root, SPECS)
     policy = root / "ab-policy.json"
     write_policy(policy, TRIAL)
     stack = LocalStack(
         root / "stack",
-        repository=root / "repository",
+        repository=repository,
         model_control="explicit",
         load_models=(f"{PIPELINE}_core", PIPELINE),
         ab_policy=policy,
@@ -165,7 +159,8 @@ def test_shadow_records_agreement_without_changing_the_sessions_results(
         loops = detections.frame_index.isin(shadowed).sum() + recorded.shadow_candidate_loop_count.sum()
         assert stats.shadow_f1 == pytest.approx(2 * recorded.shadow_matched.sum() / loops if loops else 1.0)
 
-    flags = ["--tracker", ab_stack.tracker_url, "--token", ab_stack.token]
+    # "=": a token may start with "-" (token_urlsafe), which argparse would read as an option
+    flags = ["--tracker", ab_stack.tracker_url, f"--token={ab_stack.token}"]
     assert rollout_cli.main([*flags, "compare", "--since", str(started)]) == 0
     out = capsys.readouterr().out
     assert "1 (control)" in out and f"({len(shadowed)} frames)" in out
@@ -186,7 +181,7 @@ def test_promote_steers_new_sessions_only(
     finally:
         client.close()
     flags = ["--policy-file", str(_policy_path(ab_stack)), "--tracker", ab_stack.tracker_url]
-    assert rollout_cli.main([*flags, "--token", ab_stack.token, "status"]) == 0
+    assert rollout_cli.main([*flags, f"--token={ab_stack.token}", "status"]) == 0
     out = capsys.readouterr().out
     assert "(as in the file)" in out and "arm 2: 100.0 % of new sessions" in out
 

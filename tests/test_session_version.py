@@ -16,20 +16,15 @@ import tritonclient.grpc as triton
 from loopstream.client.inference import pinned_version
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame, SimulatorSource
-from loopstream.serving.pipelines import PipelineSpec
-from loopstream.serving.repository import add_version
-from loopstream.serving.triton import REPOSITORY
 from loopstream.serving.versions import serve_versions
 from loopstream.simulator import SimulationConfig
 from loopstream.stack import LocalStack
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2 as pb
+from tests.conftest import differing_versions, infer_detections, write_versions
 
 PIPELINE = "loops_semantic"
-ONNX = REPOSITORY / f"{PIPELINE}_core" / "1" / "model.onnx"
-SHIPPED_SPEC = PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json")
-# Version 2: the same network keeping only large loops, so the versions answer differently.
-SPECS = {1: SHIPPED_SPEC, 2: PipelineSpec(**{**SHIPPED_SPEC.__dict__, "min_area_px": 500})}
+SPECS = differing_versions(min_area_px=500)
 CONFIG = SimulationConfig(shape=(256, 256), n_frames=8)
 FRAMES: list[Frame] = list(SimulatorSource(CONFIG, seed=11))
 SPEC = pb.SessionSpec(
@@ -40,11 +35,9 @@ SPEC = pb.SessionSpec(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("pinned")
-    for version, spec in SPECS.items():
-        add_version(root / "repository", PIPELINE, spec, ONNX, version)
     with LocalStack(
         root / "stack",
-        repository=root / "repository",
+        repository=write_versions(root, SPECS),
         model_control="explicit",
         load_models=(f"{PIPELINE}_core", PIPELINE),
     ) as running:
@@ -52,14 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _loop_counts(url: str, version: str) -> list[int]:
-    with triton.InferenceServerClient(url) as client:
-        counts = []
-        for frame in FRAMES:
-            tensor = triton.InferInput("FRAME_U16", list(frame.image.shape), "UINT16")
-            tensor.set_data_from_numpy(frame.image)
-            answer = client.infer(PIPELINE, [tensor], model_version=version)
-            counts.append(len(answer.as_numpy("DETECTIONS")))
-        return counts
+    return [len(infer_detections(url, PIPELINE, frame.image, version)) for frame in FRAMES]
 
 
 def _wait_stored(session: MicroscopeSession, frames: int, timeout_s: float = 60.0) -> None:

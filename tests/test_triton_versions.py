@@ -10,26 +10,21 @@ import pytest
 import tritonclient.grpc as triton
 
 from loopstream.serving.core_models import OnnxModel
-from loopstream.serving.pipelines import Pipeline, PipelineSpec
-from loopstream.serving.repository import add_version
-from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
+from loopstream.serving.pipelines import Pipeline
+from loopstream.serving.triton import TritonOptions, TritonPorts, start_triton
 from loopstream.serving.versions import ready_versions, serve_versions
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+from tests.conftest import SEMANTIC_V1_ONNX, differing_versions, infer_detections, write_versions
 
 PIPELINE = "loops_semantic"
-SHIPPED_SPEC = PipelineSpec.read(REPOSITORY / PIPELINE / "1" / "pipeline.json")
-ONNX = REPOSITORY / f"{PIPELINE}_core" / "1" / "model.onnx"
-# Version 2: the same network keeping only large loops (>= 300 px), so the versions answer differently.
-SPECS = {1: SHIPPED_SPEC, 2: PipelineSpec(**{**SHIPPED_SPEC.__dict__, "min_area_px": 300})}
+SPECS = differing_versions(min_area_px=300)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("versions")
-    for version, spec in SPECS.items():
-        add_version(root / "repository", PIPELINE, spec, ONNX, version)
     options = TritonOptions(
-        repository=root / "repository",
+        repository=write_versions(root, SPECS),
         ports=TritonPorts.ephemeral(),
         model_control="explicit",
         load_models=(f"{PIPELINE}_core", PIPELINE),
@@ -40,10 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _infer(url: str, frame: np.ndarray, version: str) -> np.ndarray:
-    with triton.InferenceServerClient(url) as client:
-        tensor = triton.InferInput("FRAME_U16", frame.shape, "UINT16")
-        tensor.set_data_from_numpy(frame)
-        return client.infer(PIPELINE, [tensor], model_version=version).as_numpy("DETECTIONS")
+    return infer_detections(url, PIPELINE, frame, version)
 
 
 FRAME = SimulatedMicroscope(SimulationConfig(shape=(512, 512)), seed=9).render(0)
@@ -51,7 +43,7 @@ FRAME = SimulatedMicroscope(SimulationConfig(shape=(512, 512)), seed=9).render(0
 
 def test_each_version_answers_requests_addressed_to_it(server: TritonOptions) -> None:
     url = f"127.0.0.1:{server.ports.grpc}"
-    model = OnnxModel(ONNX)
+    model = OnnxModel(SEMANTIC_V1_ONNX)
     answers = {v: _infer(url, FRAME, str(v)) for v in SPECS}
     for version, spec in SPECS.items():
         expected = Pipeline(spec).analyse(FRAME, model.run)
