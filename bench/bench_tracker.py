@@ -7,7 +7,8 @@ Columns:
 * engine: validation, linking, drift, statistics and the SQLite commit, with ``--sync full``
   (fsync per frame) and ``--sync normal`` (WAL without fsync: survives tracker crashes only);
 * gRPC: the same through ``StreamDetections`` on 127.0.0.1 (``--sync full``), one ack per frame,
-  with one stream and with four concurrent sessions (client threads in the same process).
+  with one stream and with four concurrent sessions, each client in its own process (as
+  microscopes are; the clients share this machine's cores with the tracker).
 Then a long run at 30 fps (simulated time) through the engine, with the resident set size at
 checkpoints: bounded memory means the RSS stops growing while the store on disk grows.
 
@@ -19,9 +20,9 @@ quadratic in the number of loops, too slow for an hour of 200 loops per frame.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -108,33 +109,54 @@ def engine_run(engine: TrackerEngine, frames, size_px: int, on_checkpoint=None, 
     return n / (time.perf_counter() - started)
 
 
-def grpc_run(db: Path, frames: list[pd.DataFrame], size_px: int, sessions: int = 1) -> float:
-    """Total frames/s of ``sessions`` concurrent streams (one session each) into one tracker."""
+def _stream_session(
+    port: int, session_id: str, loops: int, n_frames: int, size_px: int, ready, start, done
+) -> None:
+    """One microscope's client, in its own process as in a deployment: builds its messages, waits
+    for the start, streams them and reports (acks, all accepted)."""
+    pop = Population(loops, n_frames, size_px)
+    messages = [
+        frame_message(session_id, t, t / FPS, pop.frame(t), size_px, size_px) for t in range(n_frames)
+    ]
+    client = TrackerClient(f"127.0.0.1:{port}")
+    ready.put(True)
+    start.wait()
+    acks = list(client.stream(messages))
+    done.put((len(acks), all(a.accepted for a in acks)))
+    client.close()
+
+
+def grpc_run(db: Path, loops: int, n_frames: int, size_px: int, sessions: int = 1) -> float:
+    """Total frames/s of ``sessions`` concurrent streams (one session and client process each) into
+    one tracker."""
     running = serve(ServerConfig(db=db, port=0, metrics_port=-1))
     client = TrackerClient(f"127.0.0.1:{running.port}")
+    spawn = multiprocessing.get_context("spawn")
+    ready, start, done = spawn.Queue(), spawn.Event(), spawn.Queue()
     try:
-        streams = []
-        for _ in range(sessions):
-            sid = client.OpenSession(pb.SessionSpec(**_spec())).session_id
-            streams.append(
-                [frame_message(sid, t, t / FPS, f, size_px, size_px) for t, f in enumerate(frames)]
+        session_ids = [client.OpenSession(pb.SessionSpec(**_spec())).session_id for _ in range(sessions)]
+        processes = [
+            spawn.Process(
+                target=_stream_session,
+                args=(running.port, sid, loops, n_frames, size_px, ready, start, done),
             )
-        acks: list[list] = [[] for _ in streams]
-        threads = [
-            threading.Thread(target=lambda out, msgs: out.extend(client.stream(msgs)), args=(out, msgs))
-            for out, msgs in zip(acks, streams, strict=True)
+            for sid in session_ids
         ]
+        for process in processes:
+            process.start()
+        for _ in processes:
+            ready.get(timeout=300)
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        start.set()
+        results = [done.get(timeout=600) for _ in processes]
         elapsed = time.perf_counter() - started
-        assert all(a.accepted for out in acks for a in out) and sum(map(len, acks)) == sessions * len(frames)
+        for process in processes:
+            process.join()
+        assert results == [(n_frames, True)] * sessions, results
     finally:
         client.close()
         running.stop(0.5)
-    return sessions * len(frames) / elapsed
+    return sessions * n_frames / elapsed
 
 
 def rss_mib() -> float:
@@ -165,8 +187,8 @@ def main() -> None:
             engine = engine_run(TrackerEngine(store), frames, size_px)
         with Store(tmp / f"normal{loops}.db", "NORMAL") as store:
             normal = engine_run(TrackerEngine(store), frames, size_px)
-        wire = grpc_run(tmp / f"grpc{loops}.db", frames, size_px)
-        wire4 = grpc_run(tmp / f"grpc4x{loops}.db", frames, size_px, sessions=4)
+        wire = grpc_run(tmp / f"grpc{loops}.db", loops, n_frames, size_px)
+        wire4 = grpc_run(tmp / f"grpc4x{loops}.db", loops, n_frames, size_px, sessions=4)
         rows.append((loops, mean_loops, link, engine, normal, wire, wire4))
 
     print(f"\n### Tracker throughput ({n_frames} frames per session, frames/s)\n")

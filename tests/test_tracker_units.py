@@ -10,15 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.tracker import synthetic
+from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.store import (
     AB_FRAME_COLUMNS,
+    DETECTION_COLUMNS,
     FRAME_COLUMNS,
+    HOME_COLUMNS,
     MIGRATIONS,
+    NEXT_TRACK_COLUMN,
     SCHEMA_VERSION,
+    SESSION_COLUMNS,
     Store,
     StoreError,
 )
+from loopstream.tracker.validation import FrameInput
 
 
 @pytest.mark.parametrize("name", ["loopstream.tracker.statistics", "loopstream.tracker.validation"])
@@ -110,7 +118,7 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         session = store.session("s1")
         assert (session["model_version"], session["shadow_model_version"], session["shadow_fraction"]) == (
             "1",
@@ -119,3 +127,64 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
         )
         frames = store.ab_frames("s1")
         assert frames.frame_index.tolist() == [0] and frames[AB_FRAME_COLUMNS].isna().all(axis=None)
+
+
+def _ingest(engine: TrackerEngine, session_id: str, mic: SimulatedMicroscope, indices: range) -> None:
+    for i in indices:
+        loops = synthetic.detections(mic, i)
+        result = engine.ingest(FrameInput(session_id, i, i / 10.0, "m", "1", 256, 256, loops))
+        assert result.accepted, result.error
+
+
+def _as_schema_2(source, target) -> None:
+    """Copy a store into a new file with schema 2 (before homes and next track ids were stored)."""
+    db = sqlite3.connect(target, isolation_level=None)
+    for migrate in MIGRATIONS[:2]:
+        migrate(db)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (2)")
+    db.execute("ATTACH ? AS new", (str(source),))
+    v2_detections = [c for c in DETECTION_COLUMNS if c not in HOME_COLUMNS]
+    for table, columns in [
+        ("sessions", ["sid", *SESSION_COLUMNS]),
+        ("frames", ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS]),
+        ("detections", ["sid", *v2_detections]),
+    ]:
+        names = ", ".join(columns)
+        db.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM new.{table}")
+    db.close()
+
+
+def test_a_schema_2_store_migrates_and_its_sessions_continue_as_if_uninterrupted(tmp_path):
+    """Migration 3 backfills homes and next track ids; a migrated session then links and measures
+    drift as the uninterrupted one does (drift to rounding: SQL means vs running means)."""
+    config = SimulationConfig(shape=(256, 256), n_frames=60, initial_loops=60, drift_px_per_frame=(0.3, -0.2))
+    mic = SimulatedMicroscope(config, seed=5)
+    with Store(tmp_path / "uninterrupted.db") as store:
+        engine = TrackerEngine(store)
+        sid = engine.open_session({"pixel_size_nm": 0.39, "frame_rate_hz": 10.0})["session_id"]
+        _ingest(engine, sid, mic, range(40))
+        _as_schema_2(tmp_path / "uninterrupted.db", tmp_path / "old.db")
+        _ingest(engine, sid, mic, range(40, 60))
+        reference_frames = store.last_frames(sid, 60)
+        reference = store.detections(sid)
+
+    with Store(tmp_path / "old.db") as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        backfilled = store.detections(sid)
+        expected = reference[reference.frame_index < 40]
+        np.testing.assert_array_equal(backfilled.track_detections, expected.track_detections)
+        for column in ("home_x_px", "home_y_px"):
+            np.testing.assert_allclose(backfilled[column], expected[column], rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(
+            store.last_frames(sid, 40)[NEXT_TRACK_COLUMN], reference_frames[NEXT_TRACK_COLUMN][:40]
+        )
+        _ingest(TrackerEngine(store), sid, mic, range(40, 60))  # a tracker started on the migrated store
+        continued = store.detections(sid)
+        continued_frames = store.last_frames(sid, 60)
+
+    assert reference.track_id.max() >= reference_frames[NEXT_TRACK_COLUMN][39]  # new tracks after the cut
+    np.testing.assert_array_equal(continued.track_id, reference.track_id)
+    np.testing.assert_array_equal(continued_frames[NEXT_TRACK_COLUMN], reference_frames[NEXT_TRACK_COLUMN])
+    for column in ("x_corrected_px", "y_corrected_px", "home_x_px", "home_y_px"):
+        np.testing.assert_allclose(continued[column], reference[column], rtol=0, atol=1e-9)

@@ -1,7 +1,8 @@
 """Online stage-drift estimate from linked loops.
 
 trackpy's ``compute_drift`` needs the whole movie. Online, we keep for every live track its
-*home*: the running mean of its drift-corrected positions. The drift at a frame is then the
+*home*: the running mean of its drift-corrected positions (stored with each detection, so
+a restarted tracker needs only each live track's latest detection). The drift at a frame is then the
 robust mean, over loops already seen, of (position - home). Anchoring to homes instead of
 summing frame-to-frame steps keeps detection noise from accumulating as a random walk
 (with 0.2 px noise and 50 loops, summed steps wander ~1 px in 500 frames; homes stay ~0.1 px).
@@ -37,7 +38,7 @@ class DriftEstimator:
         self.memory_frames = max(int(memory_frames), 0)
         self.drift: tuple[float, float] = (0.0, 0.0)  # at the last frame
         self.previous: tuple[float, float] = (0.0, 0.0)  # at the frame before
-        # track id -> [detections, sum of corrected x, sum of corrected y, last ordinal]
+        # track id -> [detections, mean corrected x, mean corrected y, last ordinal]
         self.homes: dict[int, list[float]] = {}
 
     def predict(self) -> tuple[float, float]:
@@ -50,21 +51,19 @@ class DriftEstimator:
         known = [i for i, t in enumerate(track_ids) if int(t) in self.homes]
         if known:
             homes = np.array([self.homes[int(track_ids[i])] for i in known])
-            dx = x_px[known] - homes[:, 1] / homes[:, 0]
-            dy = y_px[known] - homes[:, 2] / homes[:, 0]
-            drift = robust_mean(dx, dy)
+            drift = robust_mean(x_px[known] - homes[:, 1], y_px[known] - homes[:, 2])
         elif ordinal == 0:
             drift = (0.0, 0.0)
         else:
             drift = self.predict()  # nothing to anchor on: keep moving at the last velocity
         self.previous, self.drift = self.drift, drift
-        self.add(track_ids, x_px - drift[0], y_px - drift[1], ordinal)
+        self._add(track_ids, x_px - drift[0], y_px - drift[1], ordinal)
         return drift
 
-    def add(
+    def _add(
         self, track_ids: np.ndarray, x_corrected_px: np.ndarray, y_corrected_px: np.ndarray, ordinal: int
     ) -> None:
-        """Fold corrected positions into the homes (also used to rebuild them after a restart)."""
+        """Fold corrected positions into the homes (running means, so a stored home restores exactly)."""
         for t, cx, cy in zip(
             track_ids.tolist(), x_corrected_px.tolist(), y_corrected_px.tolist(), strict=True
         ):
@@ -73,27 +72,33 @@ class DriftEstimator:
                 self.homes[t] = [1.0, cx, cy, ordinal]
             else:
                 home[0] += 1.0
-                home[1] += cx
-                home[2] += cy
+                home[1] += (cx - home[1]) / home[0]
+                home[2] += (cy - home[2]) / home[0]
                 home[3] = ordinal
         horizon = ordinal - self.memory_frames - 1
         if len(self.homes) > 2 * len(track_ids) + 64:  # prune now and then, not every frame
             self.homes = {t: h for t, h in self.homes.items() if h[3] >= horizon}
 
-    def restore(
-        self, drift: tuple[float, float], previous: tuple[float, float], history: pd.DataFrame
-    ) -> None:
-        """Rebuild from stored state: the last two drifts and every detection of the live tracks.
+    def homes_of(self, track_ids: np.ndarray) -> np.ndarray:
+        """``(n, 3)`` detections so far, home x and home y (px) of each track, as stored per detection."""
+        return np.array([self.homes[t][:3] for t in track_ids.tolist()], dtype=float).reshape(-1, 3)
 
-        ``history`` has columns ``track_id, x_corrected_px, y_corrected_px, ordinal`` in stored
-        order, so the homes are summed in the same order as online and come out bit-identical.
+    def restore(
+        self, drift: tuple[float, float], previous: tuple[float, float], latest: pd.DataFrame
+    ) -> None:
+        """Rebuild from stored state: the last two drifts and the latest stored home of each track
+        seen within the linker's memory (columns ``track_id, track_detections, home_x_px,
+        home_y_px, ordinal``); older homes can never be used again, since their tracks cannot link.
         """
         self.drift, self.previous = drift, previous
-        self.homes = {}
-        for ordinal, group in history.groupby("ordinal", sort=True):
-            self.add(
-                group.track_id.to_numpy(),
-                group.x_corrected_px.to_numpy(),
-                group.y_corrected_px.to_numpy(),
-                int(ordinal),
+        self.homes = {
+            int(t): [float(n), float(x), float(y), int(o)]
+            for t, n, x, y, o in zip(
+                latest.track_id,
+                latest.track_detections,
+                latest.home_x_px,
+                latest.home_y_px,
+                latest.ordinal,
+                strict=True,
             )
+        }

@@ -21,7 +21,7 @@ from loopstream.tracker import statistics
 from loopstream.tracker.drift import DriftEstimator, predicted_drift
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.rollout import Assignment
-from loopstream.tracker.store import Store
+from loopstream.tracker.store import NEXT_TRACK_COLUMN, Store
 from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput, frame_problem
 
 log = logging.getLogger("loopstream.tracker")
@@ -227,7 +227,15 @@ class TrackerEngine:
         dx, dy = live.drift.update(track_ids, x, y, ordinal)
         n = len(values)
         detections = np.column_stack(
-            [np.full(n, frame.frame_index), np.arange(n), track_ids, values, x - dx, y - dy]
+            [
+                np.full(n, frame.frame_index),
+                np.arange(n),
+                track_ids,
+                values,
+                x - dx,
+                y - dy,
+                live.drift.homes_of(track_ids),
+            ]
         )
         pixel_nm = spec["pixel_size_nm"]
         row = {
@@ -243,6 +251,7 @@ class TrackerEngine:
             "drift_y_px": dy,
             "drift_x_nm": dx * pixel_nm,
             "drift_y_nm": dy * pixel_nm,
+            NEXT_TRACK_COLUMN: live.linker.next_track_id,
             "received_unix_s": time.time(),
             "latency_s": frame.latency_s or None,  # 0 = not measured
             **_shadow_columns(frame.shadow),
@@ -293,7 +302,7 @@ class TrackerEngine:
         pred = np.array([predicted_drift(drift_at(o - 1), drift_at(o - 2)) for o in recent.ordinal.tolist()])
         pred = pred.reshape(-1, 2)
         recent = recent.assign(x_link_px=recent.x_px - pred[:, 0], y_link_px=recent.y_px - pred[:, 1])
-        linker.next_track_id = self.store.max_track_id(session_id) + 1
+        linker.next_track_id = int(kept[NEXT_TRACK_COLUMN].iloc[-1])
         linker.restore(recent, [int(o) for o in kept.ordinal])
         log.info(
             "session recovered from the store",
@@ -303,10 +312,8 @@ class TrackerEngine:
                 "last_frame": progress.last_frame_index,
             },
         )
-        history = self.store.detections(session_id, track_ids=sorted(set(recent.track_id.tolist())))
-        ordinals = self.store.frames(session_id)[["frame_index", "ordinal"]]
         last = int(kept.ordinal.iloc[-1])
-        drift.restore(drift_at(last), drift_at(last - 1), history.merge(ordinals, on="frame_index"))
+        drift.restore(drift_at(last), drift_at(last - 1), recent.drop_duplicates("track_id", keep="last"))
         return live
 
     # -- queries ----------------------------------------------------------------------------

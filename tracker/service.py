@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Iterator
 
@@ -20,10 +21,22 @@ from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
-WATCH_POLL_S = 1.0
-log = logging.getLogger(
-    "loopstream.tracker"
-)  # how often a live watch re-checks that its client is still there
+WATCH_POLL_S = 1.0  # how often a live watch re-checks that its client is still there
+log = logging.getLogger("loopstream.tracker")
+# One Loop message as a tuple in LOOP_COLUMNS order (one C call per loop: the hot path of ingest).
+_LOOP_VALUES = operator.attrgetter(
+    "score",
+    "x_px",
+    "y_px",
+    "major_px",
+    "minor_px",
+    "angle_deg",
+    "area_px",
+    "bbox.x_px",
+    "bbox.y_px",
+    "bbox.width_px",
+    "bbox.height_px",
+)
 
 
 def _session_message(s: dict) -> pb.Session:
@@ -55,25 +68,7 @@ def _session_message(s: dict) -> pb.Session:
 
 def frame_input(msg: pb.FrameDetections) -> FrameInput:
     """The domain view of one FrameDetections message."""
-    values = np.array(
-        [
-            (
-                lp.score,
-                lp.x_px,
-                lp.y_px,
-                lp.major_px,
-                lp.minor_px,
-                lp.angle_deg,
-                lp.area_px,
-                lp.bbox.x_px,
-                lp.bbox.y_px,
-                lp.bbox.width_px,
-                lp.bbox.height_px,
-            )
-            for lp in msg.loops
-        ],
-        dtype=float,
-    ).reshape(-1, len(LOOP_COLUMNS))
+    values = np.array(list(map(_LOOP_VALUES, msg.loops)), dtype=float).reshape(-1, len(LOOP_COLUMNS))
     return FrameInput(
         session_id=msg.session_id,
         frame_index=msg.frame_index,

@@ -10,6 +10,7 @@ Everything read back is a plain DataFrame with the column names used by the doma
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import pandas as pd
 
 from loopstream.tracker.validation import LOOP_COLUMNS
 
-DETECTION_COLUMNS = [
+_V1_DETECTION_COLUMNS = [
     "frame_index",
     "loop_index",
     "track_id",
@@ -29,6 +30,11 @@ DETECTION_COLUMNS = [
     "x_corrected_px",
     "y_corrected_px",
 ]
+# Migration 3: each detection's track *home* after it (drift.py): the track's detections so far and
+# the mean of their drift-corrected positions (px), the loop's position on the sample. A restarted
+# tracker rebuilds the drift state from each live track's latest detection.
+HOME_COLUMNS = ["track_detections", "home_x_px", "home_y_px"]
+DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS]
 
 FRAME_COLUMNS = [
     "frame_index",
@@ -51,6 +57,10 @@ FRAME_COLUMNS = [
     "drift_y_nm",
     "received_unix_s",
 ]
+
+# Migration 3: the first track id the session has not used yet, after the frame (restarts go on
+# counting from it).
+NEXT_TRACK_COLUMN = "next_track_id"
 
 # Migration 2 (A/B rollout): the client-measured inference latency and, for a shadowed frame, how
 # the candidate version's detections agreed with the session's. NULL when unknown or not shadowed.
@@ -104,7 +114,7 @@ def _migration_1(db: sqlite3.Connection) -> None:
     db.execute(
         f"""CREATE TABLE detections (
             sid INTEGER NOT NULL,
-            {", ".join(f"{c} REAL" for c in DETECTION_COLUMNS)},
+            {", ".join(f"{c} REAL" for c in _V1_DETECTION_COLUMNS)},
             PRIMARY KEY (sid, frame_index, loop_index)) WITHOUT ROWID"""
     )
     db.execute("CREATE INDEX detections_by_track ON detections (sid, track_id)")
@@ -124,10 +134,55 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX sessions_by_arm ON sessions (model_name, model_version, opened_at_unix_s)")
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """Restarts without the track index: homes per detection, the next track id per frame.
+
+    The index on (session, track) cost a scattered B-tree insert per detection (a quarter of the
+    ingest time at 200 loops/frame) and served only restarts. Stored sessions are backfilled
+    (homes as SQL means: equal to the online running means to rounding).
+    """
+    for column in HOME_COLUMNS:
+        db.execute(f"ALTER TABLE detections ADD COLUMN {column} REAL")
+    db.execute(f"ALTER TABLE frames ADD COLUMN {NEXT_TRACK_COLUMN} INTEGER")
+    db.execute(
+        """WITH homes AS (
+            SELECT sid, frame_index, loop_index,
+                COUNT(*) OVER track AS n, AVG(x_corrected_px) OVER track AS x,
+                AVG(y_corrected_px) OVER track AS y
+            FROM detections
+            WINDOW track AS (PARTITION BY sid, track_id ORDER BY frame_index ROWS UNBOUNDED PRECEDING))
+        UPDATE detections SET track_detections = homes.n, home_x_px = homes.x, home_y_px = homes.y
+        FROM homes WHERE detections.sid = homes.sid AND detections.frame_index = homes.frame_index
+            AND detections.loop_index = homes.loop_index"""
+    )
+    db.execute(
+        f"""WITH tops AS (
+            SELECT f.sid, f.frame_index,
+                COALESCE(MAX(d.top) OVER (PARTITION BY f.sid ORDER BY f.frame_index), -1) + 1 AS next
+            FROM frames f LEFT JOIN (
+                SELECT sid, frame_index, MAX(track_id) AS top FROM detections GROUP BY sid, frame_index
+            ) d ON d.sid = f.sid AND d.frame_index = f.frame_index)
+        UPDATE frames SET {NEXT_TRACK_COLUMN} = tops.next
+        FROM tops WHERE frames.sid = tops.sid AND frames.frame_index = tops.frame_index"""
+    )
+    db.execute("DROP INDEX detections_by_track")
+
+
 # Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid
+
+
+# Detections go in as multi-row INSERTs: one statement per frame releases the GIL once while SQLite
+# works, where one statement per row made concurrent streams queue for the GIL 200 times per commit.
+_ROWS_PER_INSERT = 1000  # x 22 parameters, under SQLite's limit of 32,766
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_detections_sql(n_rows: int) -> str:
+    row = f"({', '.join('?' for _ in range(len(DETECTION_COLUMNS) + 1))})"
+    return f"INSERT INTO detections (sid, {', '.join(DETECTION_COLUMNS)}) VALUES {', '.join([row] * n_rows)}"
 
 
 class StoreError(RuntimeError):
@@ -265,11 +320,9 @@ class Store:
         ``AB_FRAME_COLUMNS`` missing from ``frame`` are stored as NULL.
         Returns False, storing nothing, if the frame was already stored.
         """
-        stored = [*FRAME_COLUMNS, *AB_FRAME_COLUMNS]
+        stored = [*FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN]
         frame_cols = ", ".join(["sid", *stored])
         frame_marks = ", ".join("?" for _ in range(len(stored) + 1))
-        det_cols = ", ".join(["sid", *DETECTION_COLUMNS])
-        det_marks = ", ".join("?" for _ in range(len(DETECTION_COLUMNS) + 1))
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -277,15 +330,20 @@ class Store:
                 (sid,) = db.execute("SELECT sid FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
                 cur = db.execute(
                     f"INSERT OR IGNORE INTO frames ({frame_cols}) VALUES ({frame_marks})",
-                    [sid, *(frame[c] for c in FRAME_COLUMNS), *(frame.get(c) for c in AB_FRAME_COLUMNS)],
+                    [
+                        sid,
+                        *(frame[c] for c in FRAME_COLUMNS),
+                        *(frame.get(c) for c in AB_FRAME_COLUMNS),
+                        frame[NEXT_TRACK_COLUMN],
+                    ],
                 )
                 if cur.rowcount == 0:
                     db.execute("ROLLBACK")
                     return False
-                db.executemany(
-                    f"INSERT INTO detections ({det_cols}) VALUES ({det_marks})",
-                    [(sid, *r) for r in detections.tolist()],
-                )
+                rows = np.column_stack([np.full(len(detections), sid), detections])
+                for start in range(0, len(rows), _ROWS_PER_INSERT):
+                    chunk = rows[start : start + _ROWS_PER_INSERT]
+                    db.execute(_insert_detections_sql(len(chunk)), chunk.ravel().tolist())
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -305,35 +363,32 @@ class Store:
         return _frame_types(df)
 
     def last_frames(self, session_id: str, n: int) -> pd.DataFrame:
-        """The ``n`` most recent frames, oldest first."""
+        """The ``n`` most recent frames, oldest first, with their ``NEXT_TRACK_COLUMN``."""
         df = self._query(
-            f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = {_SID} ORDER BY ordinal DESC LIMIT ?",
+            f"SELECT {', '.join([*FRAME_COLUMNS, NEXT_TRACK_COLUMN])} FROM frames WHERE sid = {_SID} "
+            "ORDER BY ordinal DESC LIMIT ?",
             (session_id, n),
         )
-        return _frame_types(df.iloc[::-1].reset_index(drop=True))
+        return _frame_types(df.iloc[::-1].reset_index(drop=True)).astype({NEXT_TRACK_COLUMN: "int64"})
 
     def detections(
         self,
         session_id: str,
         from_frame: int = 0,
         to_frame: int | None = None,
-        track_ids: list[int] | None = None,
     ) -> pd.DataFrame:
         """Stored detections ordered by (frame_index, loop_index)."""
         clauses, args = ["frame_index >= ?"], [session_id, from_frame]
         if to_frame is not None:
             clauses.append("frame_index <= ?")
             args.append(to_frame)
-        if track_ids is not None:
-            clauses.append(f"track_id IN ({', '.join('?' for _ in track_ids)})")
-            args.extend(track_ids)
         df = self._query(
             f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections WHERE sid = "
             f"{_SID} AND {' AND '.join(clauses)} "
             "ORDER BY frame_index, loop_index",
             tuple(args),
         )
-        for c in ("frame_index", "loop_index", "track_id"):
+        for c in ("frame_index", "loop_index", "track_id", "track_detections"):
             df[c] = df[c].astype("int64")
         return df
 
@@ -361,14 +416,6 @@ class Store:
             f"FROM sessions s LEFT JOIN frames f ON f.sid = s.sid WHERE {' AND '.join(where)}",
             tuple(args),
         )
-
-    def max_track_id(self, session_id: str) -> int:
-        """The highest track id of the session, -1 before any detection."""
-        ((top,),) = self._read(
-            f"SELECT MAX(track_id) FROM detections WHERE sid = {_SID}",
-            (session_id,),
-        )
-        return -1 if top is None else int(top)
 
     def _query(self, sql: str, args: tuple) -> pd.DataFrame:
         cur = self._reader().execute(sql, args)
