@@ -188,3 +188,31 @@ def test_a_schema_2_store_migrates_and_its_sessions_continue_as_if_uninterrupted
     np.testing.assert_array_equal(continued_frames[NEXT_TRACK_COLUMN], reference_frames[NEXT_TRACK_COLUMN])
     for column in ("x_corrected_px", "y_corrected_px", "home_x_px", "home_y_px"):
         np.testing.assert_allclose(continued[column], reference[column], rtol=0, atol=1e-9)
+
+
+def test_a_frame_with_more_loops_than_one_insert_takes_is_stored_whole(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2500  # > the rows of one INSERT statement
+    xy = rng.uniform(0, 4096, (n, 2))
+    loops = pd.DataFrame(
+        {
+            "score": 0.9,
+            "x_px": xy[:, 0],
+            "y_px": xy[:, 1],
+            "major_px": 10.0,
+            "minor_px": 7.0,
+            "angle_deg": 0.0,
+            "area_px": 55.0,
+            "bbox_x_px": xy[:, 0] - 5,
+            "bbox_y_px": xy[:, 1] - 5,
+            "bbox_width_px": 10.0,
+            "bbox_height_px": 10.0,
+        }
+    )
+    with Store(tmp_path / "big.db") as store:
+        engine = TrackerEngine(store)
+        sid = engine.open_session({"pixel_size_nm": 0.39, "frame_rate_hz": 10.0})["session_id"]
+        assert engine.ingest(FrameInput(sid, 0, 0.0, "m", "1", 4096, 4096, loops)).accepted
+        stored = store.detections(sid)
+    assert stored.loop_index.tolist() == list(range(n))
+    np.testing.assert_array_equal(stored[["x_px", "y_px"]].to_numpy(), xy)
