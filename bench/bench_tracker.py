@@ -173,9 +173,12 @@ def main() -> None:
     )
     parser.add_argument("--tmp", default=None, help="directory for the SQLite files (default: system temp)")
     args = parser.parse_args()
-    n_frames = 60 if args.quick else 300
-    tmp = Path(tempfile.mkdtemp(prefix="bench-tracker-", dir=args.tmp))
+    with tempfile.TemporaryDirectory(prefix="bench-tracker-", dir=args.tmp) as tmp:  # GBs: never left behind
+        throughput(Path(tmp), 60 if args.quick else 300)
+        memory(Path(tmp), args.hour_frames or (600 if args.quick else int(6 * 60 * FPS)))
 
+
+def throughput(tmp: Path, n_frames: int) -> None:
     rows = []
     for loops in (200, 1000):
         size_px = 2048 if loops == 200 else 4096  # same areal density, ~100 px between loops
@@ -201,7 +204,8 @@ def main() -> None:
         rates = " | ".join(f"{r:.0f}" for r in (mean_loops, link, engine, normal, wire, wire4))
         print(f"| {loops} | {rates} |")
 
-    hour = args.hour_frames or (600 if args.quick else int(6 * 60 * FPS))
+
+def memory(tmp: Path, hour: int) -> None:
     pop = Population(200, hour, 2048, seed=1)
     checkpoints: list[tuple[int, float, float, float]] = []
     db = tmp / "hour.db"
