@@ -27,11 +27,13 @@ from loopstream.models.export_instance import (
     torch_tile_fn,
 )
 from loopstream.models.export_torchscript import script_instance
+from loopstream.serving.repository import default_version
 from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "creme-ds25s" / "train" / "imgs"
-SHIPPED = ROOT / "models" / "checkpoints" / "loops_instance_v2.pt"
+DEFAULT_VERSION = default_version(ROOT / "model_repository", "loops_instance")
+SHIPPED = ROOT / "models" / "checkpoints" / f"loops_instance_v{DEFAULT_VERSION}.pt"
 
 
 def main() -> None:

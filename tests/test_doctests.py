@@ -9,6 +9,7 @@ MODULES = [
     "loopstream.metrics",
     "loopstream.masks",
     "loopstream.models.architectures",
+    "loopstream.models.average",
     "loopstream.models.augment",
     "loopstream.models.losses",
     "loopstream.models.training_run",
