@@ -443,6 +443,18 @@ def test_tracker_statefulset_follows_the_service_contract(chart):
     assert len(secret["data"]["token"]) > 40
 
 
+def test_tracker_store_is_migrated_before_the_probed_container_starts(chart):
+    """A schema migration of a large store outlasts the startup probe: an init container does it."""
+    sts = tracker(objects(render(chart)))
+    (init,) = sts["spec"]["template"]["spec"]["initContainers"]
+    c = container(sts, "tracker")
+    assert init["command"] == c["command"] and init["image"] == c["image"]
+    db = [a for a in c["args"] if a.startswith("--db=")]
+    assert init["args"] == [*db, "--migrate-only"]
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]} == {"data": "/data", "tmp": "/tmp"}
+    assert init["securityContext"] == c["securityContext"] and "startupProbe" not in init
+
+
 def test_tracker_tls_uses_secret_and_exec_probe(chart):
     objs = objects(render(chart, scenario_values("gpu-node")))
     c = container(tracker(objs), "tracker")

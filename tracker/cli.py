@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from loopstream.tracker.auth import read_token
 from loopstream.tracker.engine import Defaults
 from loopstream.tracker.server import ServerConfig, serve
+from loopstream.tracker.store import Store, StoreError
 
 ENV_PREFIX = "LOOPSTREAM_TRACKER_"
 STOP_GRACE_S = 3.0
@@ -68,6 +70,13 @@ def parser() -> argparse.ArgumentParser:
         "--port-file", default=_env("port_file", None), help="write the bound gRPC port here once serving"
     )
     p.add_argument("--db", default=_env("db", "./loopstream-tracker.db"), help="SQLite store file")
+    p.add_argument(
+        "--migrate-only",
+        action="store_true",
+        default=_truthy(_env("migrate_only", False)),
+        help="bring the store to this version's schema, then exit (before an upgrade: a large store "
+        "takes ~1 min per GB, longer than a startup probe waits)",
+    )
     p.add_argument(
         "--sync",
         choices=["full", "normal"],
@@ -156,16 +165,38 @@ def _write_port_file(path: str, port: int) -> None:
     tmp.replace(path)
 
 
+def _store_error(e: Exception) -> str:
+    if isinstance(e, sqlite3.Error):
+        return f"{e}: --db must name a tracker store (SQLite) or a file that does not exist yet"
+    return str(e)
+
+
+def migrate(db: str) -> int:
+    """Open (and so migrate) the store, then close it: the exit code says whether it worked."""
+    try:
+        with Store(db) as store:
+            log.info("store ready", extra={"db": db, "schema": store.schema_version()})
+    except (sqlite3.Error, StoreError) as e:
+        log.error("cannot migrate the store", extra={"db": db, "error": _store_error(e)})
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    if args.migrate_only:
+        return migrate(args.db)
     try:
         config = config_from_args(args)
         running = serve(config)
     except (ValueError, OSError, RuntimeError) as e:
         log.error("cannot start", extra={"error": str(e)})
+        return 2
+    except sqlite3.Error as e:
+        log.error("cannot start", extra={"error": _store_error(e)})
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

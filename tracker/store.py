@@ -11,8 +11,10 @@ Everything read back is a plain DataFrame with the column names used by the doma
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from loopstream.tracker.validation import LOOP_COLUMNS
+
+log = logging.getLogger("loopstream.tracker")
 
 _V1_DETECTION_COLUMNS = [
     "frame_index",
@@ -230,6 +234,12 @@ class Store:
                         f"{self.path} has schema version {version}, newer than this tracker's "
                         f"{SCHEMA_VERSION}: upgrade the tracker or use another --db file"
                     )
+                if version and version < SCHEMA_VERSION:  # rewrites tables: ~1 min per GB, once
+                    log.info(
+                        "migrating the store",
+                        extra={"db": self.path, "from_schema": version, "to_schema": SCHEMA_VERSION},
+                    )
+                started = time.monotonic()
                 for migrate in MIGRATIONS[version:]:
                     migrate(db)
                 db.execute("DELETE FROM schema_version")
@@ -238,6 +248,10 @@ class Store:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if version and version < SCHEMA_VERSION:
+                log.info(
+                    "store migrated", extra={"db": self.path, "seconds": round(time.monotonic() - started, 1)}
+                )
 
     def close(self) -> None:
         """Close after any commit in flight (it holds the lock) has finished."""
