@@ -4,6 +4,7 @@ the shipped repository's default versions, the creme-ds25s sample beside the rep
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from loopstream.serving import repository
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.stack import LocalStack
+from loopstream.tracker.store import MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CREME = (
@@ -63,3 +65,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     assert CORE_MODEL.exists(), f"{CORE_MODEL} is missing: the shipped model must be committed"
     with LocalStack(tmp_path_factory.mktemp("stack")) as running:
         yield running
+
+
+def schema_1_store(path: Path) -> sqlite3.Connection:
+    """An empty tracker store as the first release wrote it (schema 1), open for inserts."""
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    return db

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,8 +17,9 @@ from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.tracker import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.server import ServerConfig, serve
-from loopstream.tracker.store import MIGRATIONS, SCHEMA_VERSION, Store
+from loopstream.tracker.store import SCHEMA_VERSION, Store
 from loopstream.v1 import tracker_pb2 as pb
+from tests.conftest import schema_1_store
 
 TOKEN = "process-token-81c2"
 COMMAND = str(Path(sys.executable).parent / "loopstream-tracker")
@@ -156,65 +156,36 @@ def test_sigterm_finishes_commits_and_exits_cleanly(tmp_path):
     assert [line["msg"] for line in lines[-2:]] == ["stopping", "stopped"]
 
 
-def test_refuses_to_start_without_a_token_unless_told(tmp_path):
+def run_to_exit(*args: str) -> tuple[int, list[dict]]:
+    """Run the tracker with no LOOPSTREAM_TRACKER_* settings until it exits: its code and log lines."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPSTREAM_TRACKER_")}
-    result = subprocess.run(
-        [COMMAND, "--port", "0", "--metrics-port", "-1", "--db", str(tmp_path / "t.db")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert "--no-auth" in json.loads(result.stderr.splitlines()[-1])["error"]
+    result = subprocess.run([COMMAND, *args], env=env, capture_output=True, text=True, timeout=60)
+    return result.returncode, [json.loads(line) for line in result.stderr.splitlines()]
+
+
+def test_refuses_to_start_without_a_token_unless_told(tmp_path):
+    code, log = run_to_exit("--port", "0", "--metrics-port", "-1", "--db", str(tmp_path / "t.db"))
+    assert code == 2
+    assert "--no-auth" in log[-1]["error"]
 
 
 def test_migrate_only_brings_an_old_store_to_this_schema_and_exits(tmp_path):
     """What the Helm chart's init container runs before the tracker starts (no token needed)."""
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](db)
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    db.execute("INSERT INTO schema_version VALUES (1)")
-    db.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPSTREAM_TRACKER_")}
-    result = subprocess.run(
-        [COMMAND, "--db", str(path), "--migrate-only"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stderr.splitlines()]
-    assert [line["msg"] for line in lines] == ["migrating the store", "store migrated", "store ready"]
-    assert (lines[0]["from_schema"], lines[-1]["schema"]) == (1, SCHEMA_VERSION)
+    schema_1_store(path).close()
+    code, log = run_to_exit("--db", str(path), "--migrate-only")
+    assert code == 0, log
+    assert [line["msg"] for line in log] == ["migrating the store", "store migrated", "store ready"]
+    assert (log[0]["from_schema"], log[-1]["schema"]) == (1, SCHEMA_VERSION)
     with Store(path) as store:
         assert store.schema_version() == SCHEMA_VERSION
 
-    (tmp_path / "not-a-store.db").write_bytes(b"this is not SQLite" * 100)
-    result = subprocess.run(
-        [COMMAND, "--db", str(tmp_path / "not-a-store.db"), "--migrate-only"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    error = json.loads(result.stderr.splitlines()[-1])
-    assert error["msg"] == "cannot migrate the store" and "--db must name a tracker store" in error["error"]
-    result = subprocess.run(
-        [
-            COMMAND,
-            "--db",
-            str(tmp_path / "not-a-store.db"),
-            "--no-auth",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    error = json.loads(result.stderr.splitlines()[-1])
-    assert error["msg"] == "cannot start" and "--db must name a tracker store" in error["error"]
+    corrupt = tmp_path / "not-a-store.db"
+    corrupt.write_bytes(b"this is not SQLite" * 100)
+    for args, msg in [
+        (["--migrate-only"], "cannot migrate the store"),
+        (["--no-auth", "--port", "0", "--metrics-port", "-1"], "cannot start"),
+    ]:
+        code, log = run_to_exit("--db", str(corrupt), *args)
+        assert code == 2
+        assert log[-1]["msg"] == msg and "--db must name a tracker store" in log[-1]["error"]

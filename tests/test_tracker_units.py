@@ -27,6 +27,7 @@ from loopstream.tracker.store import (
     StoreError,
 )
 from loopstream.tracker.validation import FrameInput
+from tests.conftest import schema_1_store
 
 
 @pytest.mark.parametrize("name", ["loopstream.tracker.statistics", "loopstream.tracker.validation"])
@@ -103,10 +104,7 @@ def test_store_schema_is_versioned(tmp_path):
 def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
     """A store written before A/B rollout: its sessions get no shadow, its frames no latency."""
     path = tmp_path / "v1.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](db)
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    db.execute("INSERT INTO schema_version VALUES (1)")
+    db = schema_1_store(path)
     db.execute(
         "INSERT INTO sessions (session_id, microscope_id, sample, pixel_size_nm, frame_rate_hz, "
         "dose_rate_ions_cm2_s, model_family, model_name, model_version, search_range_nm, memory_frames, "

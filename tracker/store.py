@@ -178,6 +178,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid
 
 
+_STORED_FRAME_COLUMNS = ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN]
+_INSERT_FRAME_SQL = (
+    f"INSERT OR IGNORE INTO frames ({', '.join(_STORED_FRAME_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _STORED_FRAME_COLUMNS)})"
+)
 # Detections go in as multi-row INSERTs: one statement per frame releases the GIL once while SQLite
 # works, where one statement per row made concurrent streams queue for the GIL 200 times per commit.
 _ROWS_PER_INSERT = 1000  # x 22 parameters, under SQLite's limit of 32,766
@@ -334,16 +339,13 @@ class Store:
         ``AB_FRAME_COLUMNS`` missing from ``frame`` are stored as NULL.
         Returns False, storing nothing, if the frame was already stored.
         """
-        stored = [*FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN]
-        frame_cols = ", ".join(["sid", *stored])
-        frame_marks = ", ".join("?" for _ in range(len(stored) + 1))
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 (sid,) = db.execute("SELECT sid FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
                 cur = db.execute(
-                    f"INSERT OR IGNORE INTO frames ({frame_cols}) VALUES ({frame_marks})",
+                    _INSERT_FRAME_SQL,
                     [
                         sid,
                         *(frame[c] for c in FRAME_COLUMNS),
