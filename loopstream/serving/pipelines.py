@@ -112,7 +112,7 @@ class Pipeline:
         """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers (in
         request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
-            logits = np.concatenate([o[self.tensors.outputs[0]] for o in outputs])
+            logits = [tile for o in outputs for tile in o[self.tensors.outputs[0]]]
             return semantic.finish_frame(logits, prepared, self.config, with_masks)
         tiles = [tile for o in outputs for tile in self._tile_detections(o)]
         loops = instance.frame_instances(tiles, prepared, self.config)
