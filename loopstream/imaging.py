@@ -48,6 +48,16 @@ def tile_starts(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
     return [round(i * (length_px - tile_px) / (n - 1)) for i in range(n)]
 
 
+def fitted_tile_px(shape: tuple[int, int], tile_px: int, multiple_px: int) -> int:
+    """``tile_px``, or for a frame smaller than that, its longer side rounded up to ``multiple_px``
+    (a fully convolutional network's stride): a whole-frame tile pads no more than it must.
+
+    >>> fitted_tile_px((300, 500), 2048, 32), fitted_tile_px((4096, 4096), 2048, 32)
+    (512, 2048)
+    """
+    return min(tile_px, -(-max(shape) // multiple_px) * multiple_px)
+
+
 def tile_grid(shape: tuple[int, int], tile_px: int, overlap_px: int) -> list[Tile]:
     """Tiles (row-major) covering a frame of ``shape``; frames smaller than a tile get one tile."""
     h, w = shape
