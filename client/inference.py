@@ -41,7 +41,7 @@ class _InFlight:
 @dataclass(frozen=True)
 class FrameResult:
     frame: Frame
-    detections: np.ndarray | None  # [loops, 11] in loopstream.instances.DETECTION_COLUMNS order
+    detections: np.ndarray | None  # [loops, 11] in loopstream.core.detections.LOOP_COLUMNS order
     error: str | None
     latency_s: float
     attempts: int  # 1 unless the frame was sent again after a broken stream

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from loopstream.dev.stack import LocalStack
 from loopstream.serving import repository
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.stack import LocalStack
 from loopstream.tracker.store import MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import importlib
 import pytest
 
 MODULES = [
-    "loopstream.metrics",
-    "loopstream.masks",
+    "loopstream.core.measures",
+    "loopstream.core.masks",
     "loopstream.models.architectures",
     "loopstream.models.average",
     "loopstream.models.augment",
@@ -16,10 +16,10 @@ MODULES = [
     "loopstream.models.targets",
     "loopstream.client.backpressure",
     "loopstream.client.shadow",
-    "loopstream.serving.instance",
-    "loopstream.imaging",
-    "loopstream.instances",
-    "loopstream.simulator",
+    "loopstream.serving.instance_merge",
+    "loopstream.core.imaging",
+    "loopstream.core.ellipses",
+    "loopstream.core.simulator",
     "loopstream.serving.core_models",
     "loopstream.serving.frames",
     "loopstream.serving.pipelines",

@@ -107,7 +107,7 @@ def test_fine_tuning_refuses_a_second_initialisation(tmp_path, capsys):
     assert "--init already sets every weight" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["loopstream.models.maskrcnn", "loopstream.serving.instance"])
+@pytest.mark.parametrize("name", ["loopstream.models.maskrcnn", "loopstream.serving.instance_merge"])
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0

@@ -10,19 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.store import (
     AB_FRAME_COLUMNS,
-    DETECTION_COLUMNS,
     FRAME_COLUMNS,
     HOME_COLUMNS,
     MIGRATIONS,
     NEXT_TRACK_COLUMN,
     SCHEMA_VERSION,
     SESSION_COLUMNS,
+    STORED_DETECTION_COLUMNS,
     Store,
     StoreError,
 )
@@ -142,7 +142,7 @@ def _as_schema_2(source, target) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (2)")
     db.execute("ATTACH ? AS new", (str(source),))
-    v2_detections = [c for c in DETECTION_COLUMNS if c not in HOME_COLUMNS]
+    v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS]
     for table, columns in [
         ("sessions", ["sid", *SESSION_COLUMNS]),
         ("frames", ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS]),

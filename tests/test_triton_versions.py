@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline
 from loopstream.serving.triton import TritonOptions, TritonPorts, start_triton
 from loopstream.serving.versions import ready_versions, serve_versions
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from tests.conftest import SEMANTIC_V1_ONNX, differing_versions, infer_detections, write_versions
 
 PIPELINE = "loops_semantic"

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loopstream.processes import ServiceProcess
+from loopstream.serving.processes import ServiceProcess
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 
 
