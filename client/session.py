@@ -125,7 +125,6 @@ class MicroscopeSession:
             model_version=self.model_version,
             max_in_flight=endpoints.max_in_flight,
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
-            session_id=self.session.session_id,
             shared_memory=endpoints.shared_memory,
         )
         self._join = ShadowJoin(self._forward)
@@ -208,7 +207,6 @@ class MicroscopeSession:
             self.report.latency_s.append(result.latency_s)
         h, w = frame.image.shape[-2:]
         message = pb.FrameDetections(
-            session_id=self.session.session_id,
             frame_index=frame.index,
             timestamp_s=frame.timestamp_s,
             model_name=self.session.model_name,

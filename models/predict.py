@@ -80,13 +80,6 @@ class Prediction:
     detections: pd.DataFrame  # loopstream.core.detections.LOOP_COLUMNS
 
 
-def predict_frame(
-    logits_fn: LogitsFn, frame: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area_px: int = 12
-) -> Prediction:
-    probabilities = frame_probabilities(logits_fn, frame)
-    return label_probabilities(probabilities, threshold, min_area_px)
-
-
 def label_probabilities(probabilities: np.ndarray, threshold: float, min_area_px: int = 12) -> Prediction:
     """Loops of a probability map at ``threshold`` (split for threshold sweeps without re-inference)."""
     labels = labels_from_probability(probabilities[0], probabilities[1], threshold, min_area_px)

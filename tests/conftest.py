@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 
@@ -15,7 +16,7 @@ from loopstream.dev.stack import LocalStack
 from loopstream.serving import repository
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.tracker.store import MIGRATIONS
+from loopstream.tracker.store import AB_FRAME_COLUMNS, MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CREME = (
@@ -74,3 +75,14 @@ def schema_1_store(path: Path) -> sqlite3.Connection:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (1)")
     return db
+
+
+def stored_ab_frames(db_path: Path, session_id: str) -> pd.DataFrame:
+    """Each stored frame's arm, latency and shadow agreement, read straight from the tracker's file."""
+    with sqlite3.connect(db_path) as db:
+        return pd.read_sql_query(
+            f"SELECT frame_index, model_version, {', '.join(AB_FRAME_COLUMNS)} FROM frames "
+            "WHERE sid = (SELECT sid FROM sessions WHERE session_id = ?) ORDER BY frame_index",
+            db,
+            params=(session_id,),
+        ).astype({"frame_index": "int64"})

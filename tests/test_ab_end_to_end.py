@@ -23,7 +23,7 @@ from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.rollout import RolloutPolicy, Shadow, promote, write_policy
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2 as pb
-from tests.conftest import differing_versions, write_versions
+from tests.conftest import differing_versions, stored_ab_frames, write_versions
 
 PIPELINE = "loops_semantic"
 SPECS = differing_versions(min_area_px=500)
@@ -80,7 +80,8 @@ def _stream(stack: LocalStack, want_arm: str) -> MicroscopeSession:
 def _stored(stack: LocalStack, session_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(detections, per-frame arm/latency/shadow) as the tracker stored them."""
     with Store(stack.workdir / "tracker.db") as store:
-        return store.detections(session_id)[["frame_index", *LOOP_VALUES]], store.ab_frames(session_id)
+        detections = store.detections(session_id)[["frame_index", *LOOP_VALUES]]
+    return detections, stored_ab_frames(stack.workdir / "tracker.db", session_id)
 
 
 def _arms(stack: LocalStack, since: float) -> dict[str, pb.ArmStatistics]:

@@ -17,7 +17,7 @@ from loopstream.core.imaging import tile_grid
 from loopstream.serving.instance_merge import (
     InstancePipelineConfig,
     TileDetections,
-    analyse_frame,
+    detections_from_instances,
     frame_instances,
     label_instances,
     owned_regions,
@@ -88,7 +88,10 @@ def test_tiled_frame_gives_the_loops_of_the_untiled_frame(frame):
 
 def test_detections_have_the_common_columns(frame):
     image, _ = frame
-    det = analyse_frame(image[:700, :900], blob_oracle, InstancePipelineConfig())
+    config = InstancePipelineConfig()
+    prepared = prepare_frame(image[:700, :900], config)
+    tiles = [blob_oracle(prepared.tiles_input[i : i + 1]) for i in range(len(prepared.tiles))]
+    det = detections_from_instances(frame_instances(tiles, prepared, config))
     assert list(det.columns) == LOOP_COLUMNS and len(det) > 10
     assert (det.major_px >= det.minor_px).all() and det.area_px.min() >= 6
 

@@ -27,7 +27,7 @@ from loopstream.tracker.store import (
     StoreError,
 )
 from loopstream.tracker.validation import FrameInput
-from tests.conftest import schema_1_store
+from tests.conftest import schema_1_store, stored_ab_frames
 
 
 @pytest.mark.parametrize("name", ["loopstream.tracker.statistics", "loopstream.tracker.validation"])
@@ -123,7 +123,7 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
             "",
             0.0,
         )
-        frames = store.ab_frames("s1")
+        frames = stored_ab_frames(path, "s1")
         assert frames.frame_index.tolist() == [0] and frames[AB_FRAME_COLUMNS].isna().all(axis=None)
 
 

@@ -409,14 +409,6 @@ class Store:
             df[c] = df[c].astype("int64")
         return df
 
-    def ab_frames(self, session_id: str) -> pd.DataFrame:
-        """Each stored frame's arm, latency and shadow agreement, by frame index."""
-        return self._query(
-            f"SELECT frame_index, model_version, {', '.join(AB_FRAME_COLUMNS)} FROM frames "
-            f"WHERE sid = {_SID} ORDER BY frame_index",
-            (session_id,),
-        ).astype({"frame_index": "int64"})
-
     def arm_frames(self, pipeline: str = "", since_unix_s: float = 0.0) -> pd.DataFrame:
         """Sessions opened since ``since_unix_s`` (of ``pipeline``, "" = any) with their frames.
 

@@ -38,10 +38,6 @@ class LocalStack:
         return f"127.0.0.1:{self.triton_ports.grpc}"
 
     @property
-    def triton_metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.triton_ports.metrics}/metrics"
-
-    @property
     def tracker_url(self) -> str:
         return f"127.0.0.1:{self.tracker_port}"
 

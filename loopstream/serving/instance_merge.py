@@ -39,7 +39,7 @@ Examples
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -239,14 +239,3 @@ def frame_detections(
 ) -> pd.DataFrame:
     """Detections (``loopstream.core.detections.LOOP_COLUMNS``) of a frame from its tiles' outputs."""
     return detections_from_instances(frame_instances(tile_outputs, prepared, config))
-
-
-def analyse_frame(
-    frame: np.ndarray,
-    infer_tile: Callable[[np.ndarray], TileDetections],
-    config: InstancePipelineConfig,
-) -> pd.DataFrame:
-    """The whole pipeline with a synchronous core model call per tile ([1, 1, T, T] in)."""
-    prepared = prepare_frame(frame, config)
-    outputs = [infer_tile(prepared.tiles_input[i : i + 1]) for i in range(len(prepared.tiles))]
-    return frame_detections(outputs, prepared, config)
