@@ -60,6 +60,17 @@ def infer_detections(url: str, pipeline: str, frame: np.ndarray, version: str) -
         return client.infer(pipeline, [tensor], model_version=version).as_numpy("DETECTIONS")
 
 
+# Fixtures that start a tritonserver; a test using one is marked ``triton`` (README, "Testing"). A
+# test that starts Triton itself, not through one of these, carries ``@pytest.mark.triton``.
+TRITON_FIXTURES = {"stack", "ab_stack", "own_stack", "replicas", "served", "triton_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRITON_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.triton)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """One local stack for the tests that only stream through it."""

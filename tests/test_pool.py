@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,6 @@ from loopstream.tracker.rollout import PolicyFile, RolloutPolicy, write_policy
 PIPELINE = "loops_semantic"
 ONNX = REPOSITORY / f"{PIPELINE}_core" / "1" / "model.onnx"
 SHIPPED_SPEC = REPOSITORY / PIPELINE / "1" / "pipeline.json"
-
-
-def test_docstring_examples() -> None:
-    result = doctest.testmod(pool)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def _endpoint(address: str, ready: bool | None = True, terminating: bool | None = None) -> k8s.V1Endpoint:

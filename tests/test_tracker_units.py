@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import sqlite3
 
 import numpy as np
@@ -28,12 +26,6 @@ from loopstream.tracker.store import (
 )
 from loopstream.tracker.validation import FrameInput
 from tests.conftest import schema_1_store, stored_ab_frames
-
-
-@pytest.mark.parametrize("name", ["loopstream.tracker.statistics", "loopstream.tracker.validation"])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name))
-    assert result.attempted > 0 and result.failed == 0
 
 
 def _frames(n_frames: int = 40, n_loops: int = 30, seed: int = 0) -> list[np.ndarray]:
