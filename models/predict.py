@@ -3,8 +3,9 @@
 The frame is standardised whole (``loopstream.core.imaging.standardise``), cut into overlapping tiles
 of at most 512 px, run through the model, stitched, passed through a sigmoid and labelled with
 ``loopstream.core.ellipses``; evaluation, threshold tuning and tests therefore measure the same
-pipeline the Triton ensemble runs. A model is either an exported ONNX file (ONNX Runtime) or a
-training checkpoint (eager PyTorch), behind one call signature: [N, 1, H, W] -> [N, 2, H, W].
+pipeline Triton runs (``loopstream.serving.pipelines``). A model is either an exported ONNX file
+(ONNX Runtime) or a training checkpoint (eager PyTorch), behind one call signature:
+[N, 1, H, W] -> [N, 2, H, W].
 """
 
 from __future__ import annotations

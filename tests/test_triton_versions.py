@@ -94,8 +94,7 @@ def test_a_version_unloads_and_reloads_while_the_other_keeps_serving(triton_serv
 def test_metrics_are_labelled_per_version(triton_server: TritonOptions) -> None:
     _infer(f"127.0.0.1:{triton_server.ports.grpc}", FRAME[:256, :256], "1")
     _infer(f"127.0.0.1:{triton_server.ports.grpc}", FRAME[:256, :256], "2")
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{triton_server.ports.metrics}/metrics", timeout=5).read().decode()
-    )
+    metrics_url = f"http://127.0.0.1:{triton_server.ports.metrics}/metrics"
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     for version in ("1", "2"):
         assert f'nv_inference_count{{model="{PIPELINE}",version="{version}"}}' in text
