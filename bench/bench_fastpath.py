@@ -30,8 +30,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from loopstream.client.shadow import agreement
-from loopstream.imaging import cut_tiles, standardise, stitch, tile_grid
-from loopstream.instances import detections_from_labels, labels_from_probability, probability
+from loopstream.core.ellipses import detections_from_labels, labels_from_probability, probability
+from loopstream.core.imaging import cut_tiles, standardise, stitch, tile_grid
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.maskrcnn import SingleImageExport
 from loopstream.models.predict import load_checkpoint_model
@@ -39,7 +40,6 @@ from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 ROOT = REPOSITORY.parent
 CREME_TILE = ROOT.parent / "shared" / "data" / "creme-ds25s" / "train" / "imgs" / "3.png"

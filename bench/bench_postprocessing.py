@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from loopstream.imaging import stitch
-from loopstream.instances import detections_from_labels, labels_from_probability, probability
+from loopstream.core.ellipses import detections_from_labels, labels_from_probability, probability
+from loopstream.core.imaging import stitch
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 
 def best_cpu_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -26,7 +26,7 @@ import pandas as pd
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from loopstream.imaging import standardise
+from loopstream.core.imaging import standardise
 from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
 

@@ -30,13 +30,13 @@ import cv2
 import torch
 from tqdm import tqdm
 
-from loopstream.imaging import tile_grid
+from loopstream.core.imaging import tile_grid
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.predict import load_checkpoint_model
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 CHECKPOINTS = REPOSITORY.parent / "models" / "checkpoints"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from loopstream.client.shadow import agreement
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.serving import repository
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from tests.conftest import CORE_MODEL, default_version, infer_detections
 
 PIPELINE = "loops_semantic"

@@ -13,18 +13,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from loopstream.imaging import Mosaic, Tile, stitch, tile_grid
-from loopstream.instances import (
+from loopstream.core.ellipses import (
     detections_from_labels,
     labels_from_probability,
     loops_from_logits,
     mask_crops,
     probability,
 )
+from loopstream.core.imaging import Mosaic, Tile, stitch, tile_grid
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.models.predict import onnx_logits
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from models.predict import onnx_logits
 from tests.conftest import CORE_MODEL, default_version
 
 SAMPLES = sorted((REPOSITORY.parent / "loopstream" / "data" / "samples").glob("*.png"))

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from loopstream.imaging import Mosaic
-from loopstream.instances import loops_from_logits
-from loopstream.masks import MaskCrop
+from loopstream.core.ellipses import loops_from_logits
+from loopstream.core.imaging import Mosaic
+from loopstream.core.masks import MaskCrop
 from loopstream.serving.frames import PreparedFrame
 
 
@@ -45,7 +45,7 @@ def finish_frame(
     config: SemanticPipelineConfig,
     with_masks: bool = False,
 ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-    """Detections (``loopstream.instances.DETECTION_COLUMNS``) and, when asked, their masks, from
+    """Detections (``loopstream.core.detections.LOOP_COLUMNS``) and, when asked, their masks, from
     the logits [2, tile, tile] of each tile."""
     mosaic = Mosaic(logits, prepared.tiles, prepared.shape)
     return loops_from_logits(mosaic, config.threshold, config.min_area_px, with_masks)
