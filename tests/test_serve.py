@@ -114,8 +114,9 @@ def test_admin_apis_need_the_header_and_inference_does_not(served: dict) -> None
         for call in (lambda: client.unload_model(PIPELINE), client.get_model_repository_index):
             with pytest.raises(InferenceServerException, match="restricted"):
                 call()
-        with pytest.raises(InferenceServerException):
+        with pytest.raises(InferenceServerException) as refused:
             triton_http.InferenceServerClient(http_url).unload_model(PIPELINE)
+        assert refused.value.status() == "403" and "restricted" in refused.value.message()
         assert client.is_model_ready(PIPELINE), "a refused unload must leave the pipeline serving"
 
         frame = np.random.default_rng(0).integers(0, 4000, (256, 256)).astype(np.uint16)
