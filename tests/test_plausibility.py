@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 
-from loopstream.plausibility import plausible_loops
+from loopstream.core.plausibility import plausible_loops
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.repository import add_version
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton

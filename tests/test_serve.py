@@ -21,14 +21,14 @@ import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from loopstream.client import rollout_cli
 from loopstream.client.inference import pinned_version
-from loopstream.pool import admin_client
+from loopstream.ops import rollout_cli
+from loopstream.ops.pool import admin_client
 from loopstream.serving import leftovers
 from loopstream.serving.admin import DEFAULT_KEY, AdminHeader, SendAdminHeader
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.repository import add_version
-from loopstream.tracker.rollout import Policy, write_policy
+from loopstream.tracker.rollout import RolloutPolicy, write_policy
 from tests.conftest import SEMANTIC_V1_ONNX
 
 PIPELINE = "loops_semantic"
@@ -143,7 +143,7 @@ def test_the_rollout_cli_sends_the_admin_header(
 ) -> None:
     monkeypatch.delenv("LOOPSTREAM_TRITON_ADMIN_HEADER_VALUE", raising=False)
     policy = tmp_path / "ab-policy.json"
-    write_policy(policy, Policy(PIPELINE, {"1": 1.0}))
+    write_policy(policy, RolloutPolicy(PIPELINE, {"1": 1.0}))
     flags = ["--policy-file", str(policy), "--replicas", served["serve"].grpc]
 
     assert rollout_cli.main([*flags, "load", "1"]) == 1

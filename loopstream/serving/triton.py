@@ -17,9 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loopstream.processes import ServiceProcess, free_port
 from loopstream.serving.admin import ADMIN_APIS, AdminHeader
 from loopstream.serving.leftovers import claim, remove_leftovers, shm_prefix
+from loopstream.serving.processes import ServiceProcess, free_port
 
 log = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"

@@ -21,7 +21,7 @@ thresholds of the pipeline spec (``min_contrast``, ``min_major_px``).
 Examples
 --------
 >>> import numpy as np, cv2
->>> from loopstream.instances import detections_from_labels
+>>> from loopstream.core.ellipses import detections_from_labels
 >>> rng = np.random.default_rng(0)
 >>> image = rng.normal(0.0, 1.0, (96, 96)).astype(np.float32)
 >>> loop = np.zeros((96, 96), np.int32)
