@@ -39,7 +39,7 @@ def _frames_without_loops() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory):
+def triton_server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("plausibility")
     for pipeline in PIPELINES:
         shipped = default_version(pipeline)
@@ -66,21 +66,23 @@ def _loops(url: str, pipeline: str, version: str, frame: np.ndarray) -> np.ndarr
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_noise_and_a_saturated_pixel_give_no_loop(url: str, pipeline: str) -> None:
+def test_noise_and_a_saturated_pixel_give_no_loop(triton_server: str, pipeline: str) -> None:
     unchecked = {}
     for what, frame in _frames_without_loops().items():
-        assert len(_loops(url, pipeline, CHECKED, frame)) == 0, f"{pipeline} found loops in {what}"
-        unchecked[what] = len(_loops(url, pipeline, UNCHECKED, frame))
+        assert len(_loops(triton_server, pipeline, CHECKED, frame)) == 0, f"{pipeline} found loops in {what}"
+        unchecked[what] = len(_loops(triton_server, pipeline, UNCHECKED, frame))
     assert sum(unchecked.values()) > 0, f"the network finds no false loop here even unchecked: {unchecked}"
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_real_images_keep_their_loops(url: str, pipeline: str, capsys: pytest.CaptureFixture) -> None:
+def test_real_images_keep_their_loops(
+    triton_server: str, pipeline: str, capsys: pytest.CaptureFixture
+) -> None:
     before = after = 0
     for n, path in SAMPLES.items():
         image = iio.imread(path)
         frame = image if image.ndim == 2 else image[..., 0]
-        unchecked, checked = (_loops(url, pipeline, v, frame) for v in (UNCHECKED, CHECKED))
+        unchecked, checked = (_loops(triton_server, pipeline, v, frame) for v in (UNCHECKED, CHECKED))
         assert all(any(np.allclose(row, other) for other in unchecked) for row in checked), (
             "the check only drops detections, it changes none"
         )
