@@ -35,6 +35,7 @@ class PreparedFrame:
     shape: tuple[int, int]
     tiles: list[Tile]
     tiles_input: np.ndarray  # [N, 1, tile, tile] float32, standardised
+    image: np.ndarray  # [H, W] float32, the whole normalised frame: detections are checked on it
 
 
 def validate_frame(frame: np.ndarray) -> None:
@@ -82,4 +83,5 @@ def prepare_frame(
     if stride_px:
         tile_px = fitted_tile_px(frame.shape, tile_px, stride_px)
     tiles = tile_grid(frame.shape, tile_px, overlap_px)
-    return PreparedFrame(frame.shape, tiles, cut_tiles(NORMALISATIONS[normalisation](frame), tiles))
+    image = NORMALISATIONS[normalisation](frame)
+    return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image)
