@@ -1,0 +1,300 @@
+"""Restarts never stall a microscope: real `loopstream-client` processes, a real tracker and
+tritonserver stopped (SIGTERM) or killed (SIGKILL) mid-run, and the stored frames' commit times
+(the store's ``received_unix_s``, stamped in the frame's own transaction).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from loopstream.client.tracker_link import DetectionStream, loops_message
+from loopstream.stack import LocalStack
+from loopstream.tracker.cli import config_from_args, parser
+from loopstream.tracker.server import serve
+from loopstream.v1 import tracker_pb2 as pb
+from loopstream.v1 import tracker_pb2_grpc as pb_grpc
+
+SIZE = 256  # px: small frames keep four microscopes and a restarting Triton within the test's time
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory):
+    with LocalStack(tmp_path_factory.mktemp("restarts") / "stack") as stack:
+        yield stack
+
+
+class Microscope:
+    """One real ``loopstream-client`` process streaming a simulated experiment."""
+
+    def __init__(self, stack: LocalStack, name: str, frames: int, fps: float, *flags: str) -> None:
+        self.name, self.frames = name, frames
+        argv = [
+            sys.executable,
+            "-m",
+            "loopstream.client.cli",
+            f"--triton={stack.triton_url}",
+            f"--tracker={stack.tracker_url}",
+            f"--microscope-id={name}",
+            "--max-in-flight=2",
+            "--no-progress",
+            *flags,
+            "simulate",
+            f"--frames={frames}",
+            f"--size={SIZE}",
+            f"--fps={fps}",
+            f"--seed={zlib.crc32(name.encode()) % 1000}",
+        ]
+        env = dict(os.environ, LOOPSTREAM_TRACKER_TOKEN=stack.token)
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.exited_unix_s: float | None = None
+        self.out = self.err = ""
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        self.out, self.err = self.process.communicate()
+        self.exited_unix_s = time.time()
+
+    def join(self, timeout_s: float) -> int:
+        self._waiter.join(timeout_s)
+        if self._waiter.is_alive():
+            self.process.kill()
+            self._waiter.join(10)
+            pytest.fail(f"{self.name} did not exit within {timeout_s:.0f} s; its log:\n{self.err[-3000:]}")
+        return self.process.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+
+def _session(stack: LocalStack, microscope: str) -> dict | None:
+    """The microscope's session row as stored (None before it is opened)."""
+    with sqlite3.connect(stack.workdir / "tracker.db") as db:
+        row = db.execute(
+            "SELECT session_id, closed, model_version FROM sessions WHERE microscope_id = ?", (microscope,)
+        ).fetchone()
+    return None if row is None else {"session_id": row[0], "closed": row[1], "model_version": row[2]}
+
+
+def _commits(stack: LocalStack, microscope: str) -> list[tuple[int, float, str]]:
+    """(frame index, commit time, model version) of every stored frame of the microscope, by index."""
+    with sqlite3.connect(stack.workdir / "tracker.db") as db:
+        rows = db.execute(
+            "SELECT frame_index, received_unix_s, f.model_version FROM frames f JOIN sessions s USING (sid) "
+            "WHERE s.microscope_id = ? ORDER BY frame_index",
+            (microscope,),
+        ).fetchall()
+    return [(int(i), float(t), v) for i, t, v in rows]
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> float:
+    """Poll until ``condition()``; the wall time (unix s) it first held."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(0.1)
+    return time.time()
+
+
+def _first_commit_after(stack: LocalStack, microscopes: list[str], since: float, within_s: float) -> None:
+    """Every microscope has a frame committed within ``within_s`` of ``since`` (a service back)."""
+    for name in microscopes:
+        _wait_for(
+            lambda name=name: any(t > since for _, t, _ in _commits(stack, name)),
+            within_s + 2,
+            f"{name} stored a frame after the restart",
+        )
+        first = min(t for _, t, _ in _commits(stack, name) if t > since)
+        assert first - since <= within_s, f"{name}: storage resumed {first - since:.1f} s after the restart"
+
+
+def _assert_stored_once(stack: LocalStack, m: Microscope) -> None:
+    indices = [i for i, _, _ in _commits(stack, m.name)]
+    assert indices == list(range(m.frames)), f"{m.name} stored {indices}"
+
+
+def test_a_graceful_tracker_restart_is_a_reconnect(own_stack: LocalStack) -> None:
+    """SIGTERM ends the detections stream with status OK: the client reconnects, never hangs."""
+    m = Microscope(own_stack, "graceful", frames=24, fps=4)
+    _wait_for(lambda: len(_commits(own_stack, "graceful")) >= 4, 60, "the first frames stored")
+    own_stack.stop_tracker()
+    own_stack.start_tracker()
+    assert m.join(60) == 0, m.err[-3000:]
+    _assert_stored_once(own_stack, m)
+    assert re.search(r"reconnects: Triton 0, tracker [1-9]", m.out), m.out
+
+
+def test_after_a_tracker_crash_storage_resumes_while_the_run_goes_on(own_stack: LocalStack) -> None:
+    """kill -9: the client reconnects in the background as soon as the tracker is back, not at close()."""
+    m = Microscope(own_stack, "crash", frames=45, fps=3)
+    _wait_for(lambda: len(_commits(own_stack, "crash")) >= 4, 60, "the first frames stored")
+    own_stack.kill_tracker()
+    time.sleep(2.0)  # frames keep going to Triton meanwhile
+    own_stack.start_tracker()
+    back = time.time()
+    _first_commit_after(own_stack, ["crash"], back, within_s=5.0)
+    assert m.running, "the client finished before storage resumed: it waited for close() to reconnect"
+    assert m.join(60) == 0, m.err[-3000:]
+    _assert_stored_once(own_stack, m)
+    after = [i for i, t, _ in _commits(own_stack, "crash") if t > back]
+    assert len(after) > 5, f"only frames {after} were stored after the restart"
+
+
+def test_the_client_closes_its_session_with_the_pinned_version(own_stack: LocalStack) -> None:
+    m = Microscope(own_stack, "closer", frames=3, fps=0)
+    assert m.join(60) == 0, m.err[-3000:]
+    session = _session(own_stack, "closer")
+    assert session is not None and session["closed"] == 1, session
+    versions = {v for _, _, v in _commits(own_stack, "closer")}
+    assert versions == {session["model_version"]} and session["model_version"] != "", (session, versions)
+
+
+def test_a_frame_over_the_clients_message_bound_fails_alone(own_stack: LocalStack) -> None:
+    """A bound the detections exceed: those frames fail with the reason, the others are stored."""
+    m = Microscope(own_stack, "bounded", 12, 0, "--tracker-max-message-bytes=450")
+    assert m.join(60) == 3, m.err[-3000:]
+    failed = re.findall(
+        r"failed: tracker rejected frame (\d+): its detections message \((\d+) loops\) is (\d+) "
+        r"bytes, over the tracker's limit of 450 bytes",
+        m.err,
+    )
+    stored = [i for i, _, _ in _commits(own_stack, "bounded")]
+    assert failed and stored, (failed, stored, m.err[-2000:])
+    assert sorted(stored + [int(i) for i, _, _ in failed]) == list(range(12))
+    assert all(int(size) > 450 for _, _, size in failed)
+    assert re.search(rf"12 frames submitted, 12 analysed, {len(stored)} stored, {len(failed)} failed", m.out)
+
+
+# -- message limits against an in-process tracker (real gRPC server and SQLite file, no Triton) -----
+
+
+@pytest.fixture
+def small_tracker(tmp_path: Path):
+    """A tracker configured from its own flags, with a 4 KiB message limit."""
+    args = parser().parse_args(
+        [
+            "--port=0",
+            "--metrics-port=-1",
+            "--no-auth",
+            f"--db={tmp_path / 'small.db'}",
+            "--max-message-bytes=4096",
+        ]
+    )
+    running = serve(config_from_args(args))
+    yield running
+    running.stop(1.0)
+
+
+def _frame(session_id: str, index: int, loops: int) -> pb.FrameDetections:
+    rng = np.random.default_rng(index)
+    detections = np.column_stack(
+        [
+            rng.uniform(0.6, 0.9, loops),
+            rng.uniform(20, 230, (loops, 2)),
+            np.full((loops, 2), 8.0),
+            np.zeros(loops),
+            np.full(loops, 50.0),
+            rng.uniform(10, 220, (loops, 2)),
+            np.full((loops, 2), 16.0),
+        ]
+    )
+    return pb.FrameDetections(
+        session_id=session_id,
+        frame_index=index,
+        timestamp_s=float(index),
+        model_name="loops_semantic",
+        model_version="1",
+        width_px=256,
+        height_px=256,
+        loops=loops_message(detections),
+    )
+
+
+def _send_and_drain(stream: DetectionStream, frames: list[pb.FrameDetections], timeout_s: float = 20) -> None:
+    for frame in frames:
+        stream.send(frame)
+    drainer = threading.Thread(target=stream.drain, daemon=True)
+    drainer.start()
+    drainer.join(timeout_s)
+    assert not drainer.is_alive(), f"not drained after {timeout_s} s ({stream.reconnects} reconnects)"
+
+
+@pytest.mark.parametrize("client_bound", [4096, 1 << 20], ids=["client-refuses", "tracker-refuses"])
+def test_a_detections_message_over_the_limit_is_one_failed_frame(small_tracker, client_bound: int) -> None:
+    url = f"127.0.0.1:{small_tracker.port}"
+    with grpc.insecure_channel(url) as channel:
+        stub = pb_grpc.TrackerStub(channel)
+        sid = stub.OpenSession(
+            pb.SessionSpec(microscope_id="m", pixel_size_nm=1.0, frame_rate_hz=1.0)
+        ).session_id
+        frames = [_frame(sid, 0, 5), _frame(sid, 1, 200), _frame(sid, 2, 5)]
+        assert frames[1].ByteSize() > 4096 > frames[0].ByteSize()
+        acks: list[pb.Ack] = []
+        stream = DetectionStream(
+            url, on_ack=acks.append, reconnect_timeout_s=10, max_message_bytes=client_bound
+        )
+        _send_and_drain(stream, frames)
+        stream.close()
+        stored = stub.GetSession(pb.SessionRef(session_id=sid))
+    assert sorted((a.frame_index, a.accepted) for a in acks) == [(0, True), (1, False), (2, True)]
+    (reason,) = [a.error for a in acks if not a.accepted]
+    if client_bound == 4096:
+        assert stream.reconnects == 0
+        assert "over the tracker's limit of 4096 bytes" in reason and "--max-message-bytes" in reason, reason
+    else:
+        assert stream.reconnects == 1, "the frame the tracker refused was resent"
+        assert "RESOURCE_EXHAUSTED" in reason and "4096" in reason, reason
+    assert stored.frames_stored == 2 and stored.last_frame_index == 2
+    assert [r.frame_index for r in stream.rejected] == [1]
+
+
+# -- rolling restarts under load ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rolling_restarts_under_load(own_stack: LocalStack) -> None:
+    """4 microscopes; the tracker SIGTERMed and restarted twice, tritonserver kill -9ed once."""
+    names = [f"rolling-{i}" for i in range(4)]
+    microscopes = [Microscope(own_stack, name, frames=60, fps=1.0) for name in names]
+
+    def every_session_stored(n: int):
+        return lambda: all(len(_commits(own_stack, name)) >= n for name in names)
+
+    _wait_for(every_session_stored(3), 90, "every microscope stored 3 frames")
+    restarts = []
+    for service in ("tracker", "triton", "tracker"):
+        if service == "tracker":
+            own_stack.stop_tracker()
+            own_stack.start_tracker()
+        else:
+            own_stack.kill_triton()
+            own_stack.start_triton()
+        back = time.time()
+        restarts.append((service, back))
+        _first_commit_after(own_stack, names, back, within_s=10.0)
+    assert all(m.running for m in microscopes), "the run ended before the last restart: make it longer"
+    for m in microscopes:
+        assert m.join(120) == 0, m.err[-3000:]
+        last_commit = max(t for _, t, _ in _commits(own_stack, m.name))
+        assert m.exited_unix_s - last_commit <= 30, (
+            f"{m.name} exited {m.exited_unix_s - last_commit:.1f} s late"
+        )
+        _assert_stored_once(own_stack, m)
+        session = _session(own_stack, m.name)
+        assert session["closed"] == 1
+        assert re.search(r"reconnects: Triton [1-9]\d*, tracker [2-9]", m.out), m.out
