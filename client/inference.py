@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from loopstream.client.reconnecting import POLL_S, ReconnectingStream
 from loopstream.client.shared_memory import SharedMemorySlots
 from loopstream.client.sources import Frame
-from loopstream.serving.versions import ready_versions
+from loopstream.serving.versions import ready_versions_open
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,15 @@ INPUT_OF_DTYPE = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT1
 class _InFlight:
     frame: Frame
     sent_s: float
-    attempts: int
     slot: int | None  # shared-memory slot holding the frame, if any
 
 
 @dataclass(frozen=True)
 class FrameResult:
     frame: Frame
-    detections: np.ndarray | None  # [loops, 11] in loopstream.instances.DETECTION_COLUMNS order
+    detections: np.ndarray | None  # [loops, 11] in loopstream.core.detections.LOOP_COLUMNS order
     error: str | None
     latency_s: float
-    attempts: int  # 1 unless the frame was sent again after a broken stream
 
 
 class InferenceStream(ReconnectingStream):
@@ -59,7 +57,6 @@ class InferenceStream(ReconnectingStream):
         model_version: str = "",
         max_in_flight: int = 8,
         reconnect_timeout_s: float = 120.0,
-        session_id: str = "",
         shared_memory: bool = False,
     ) -> None:
         self.url = url
@@ -69,7 +66,6 @@ class InferenceStream(ReconnectingStream):
         self.max_in_flight = max_in_flight
         self.reconnect_timeout_s = reconnect_timeout_s
         self.server = f"Triton at {url}"
-        self.session_id = session_id
         self.shared_memory = shared_memory
         self._slots: SharedMemorySlots | None = None  # sized by the first frame
         self._client = triton.InferenceServerClient(url)
@@ -85,7 +81,7 @@ class InferenceStream(ReconnectingStream):
             return
         with self._cond:
             self._wait_locked(lambda: len(self._pending) >= self.max_in_flight or self._broken is not None)
-            entry = _InFlight(frame, time.monotonic(), 1, self._slot_for(frame.image))
+            entry = _InFlight(frame, time.monotonic(), self._slot_for(frame.image))
             self._pending[frame.index] = entry
             self._send(entry)
 
@@ -127,7 +123,6 @@ class InferenceStream(ReconnectingStream):
             model_version=self.model_version,
             outputs=[triton.InferRequestedOutput("DETECTIONS")],  # not the optional MASKS_RLE
             request_id=str(frame.index),
-            parameters={"session_id": self.session_id, "frame_index": frame.index},
         )
 
     def _start_stream(self) -> None:
@@ -157,9 +152,7 @@ class InferenceStream(ReconnectingStream):
         message = (
             None if error is None else f"Triton rejected frame {index} ({frame.origin}): {error.message()}"
         )
-        self.on_result(
-            FrameResult(frame, detections, message, time.monotonic() - entry.sent_s, entry.attempts)
-        )
+        self.on_result(FrameResult(frame, detections, message, time.monotonic() - entry.sent_s))
 
     def _unanswered(self) -> int:
         return len(self._pending)
@@ -185,7 +178,6 @@ class InferenceStream(ReconnectingStream):
         self._start_stream()
         for entry in self._pending.values():
             entry.sent_s = time.monotonic()
-            entry.attempts += 1
             self._send(entry)
 
 
@@ -203,7 +195,7 @@ def pinned_version(url: str, model_name: str, requested: str = "", timeout_s: fl
     while True:
         try:
             with triton.InferenceServerClient(url) as client:
-                versions = ready_versions(client, model_name)
+                versions = ready_versions_open(client, model_name)
             if versions:
                 return str(versions[-1])
             problem = f"no version of {model_name} is ready"

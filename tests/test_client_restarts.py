@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 from loopstream.client.sources import SimulatorSource
-from loopstream.client.tracker_link import DetectionStream, loops_message
+from loopstream.client.tracker_link import DetectionStream
+from loopstream.core.detections import encode_loops
+from loopstream.core.simulator import SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulationConfig
-from loopstream.stack import LocalStack
 from loopstream.tracker.cli import config_from_args, parser
 from loopstream.tracker.server import serve
 from loopstream.v1 import tracker_pb2 as pb
@@ -205,7 +206,7 @@ def _message_sizes(stack: LocalStack, frames: int, seed: int) -> list[int]:
             model_version="1",
             width_px=SIZE,
             height_px=SIZE,
-            loops=loops_message(infer_detections(stack.triton_url, "loops_semantic", frame.image, "1")),
+            loops=encode_loops(infer_detections(stack.triton_url, "loops_semantic", frame.image, "1")),
             latency_s=0.5,
         ).ByteSize()
         for frame in SimulatorSource(config, seed)
@@ -275,7 +276,7 @@ def _frame(session_id: str, index: int, loops: int) -> pb.FrameDetections:
         model_version="1",
         width_px=256,
         height_px=256,
-        loops=loops_message(detections),
+        loops=encode_loops(detections),
     )
 
 

@@ -1,11 +1,13 @@
 """``loopstream-rollout``: try a pipeline version on part of the sessions, then promote or roll back.
 
-Policy commands rewrite the A/B policy file the tracker reloads (``--policy-file``; in a cluster,
+RolloutPolicy commands rewrite the A/B policy file the tracker reloads (``--policy-file``; in a cluster,
 the file mounted from the ConfigMap). A version enters the policy only once every Triton replica
 serves it (``load`` first), so no session is ever assigned a version its replica lacks.
 ``status`` and ``compare`` ask the tracker (``--tracker``) what it has loaded and measured.
 Every flag has an environment variable (LOOPSTREAM_<FLAG>; the tracker's are
-LOOPSTREAM_TRACKER_URL and LOOPSTREAM_TRACKER_TOKEN).
+LOOPSTREAM_TRACKER_URL and LOOPSTREAM_TRACKER_TOKEN). Where the pool restricts its admin APIs,
+give the header with LOOPSTREAM_TRITON_ADMIN_HEADER_KEY / LOOPSTREAM_TRITON_ADMIN_HEADER_VALUE
+(in Kubernetes both come from the chart's Secret; microscope clients never have them).
 
 Example::
 
@@ -27,7 +29,7 @@ import grpc
 import pandas as pd
 from tritonclient.utils import InferenceServerException
 
-from loopstream.pool import (
+from loopstream.ops.pool import (
     PoolError,
     discover_replicas,
     load_everywhere,
@@ -35,10 +37,11 @@ from loopstream.pool import (
     served_versions,
     static_replicas,
 )
+from loopstream.serving.admin import DEFAULT_KEY, AdminHeader
 from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.rollout import (
-    Policy,
     PolicyFile,
+    RolloutPolicy,
     Shadow,
     promote,
     rollback,
@@ -109,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grpc-port-name", default=_env("GRPC_PORT_NAME", "grpc"), help="its gRPC port's name"
     )
+    parser.add_argument(
+        "--triton-admin-header-key",
+        default=_env("TRITON_ADMIN_HEADER_KEY", DEFAULT_KEY),
+        help="name of the header the pool's admin APIs need",
+    )
+    parser.add_argument(
+        "--triton-admin-header-value",
+        default=_env("TRITON_ADMIN_HEADER_VALUE", ""),
+        help="its secret value (better from the environment); empty: send none",
+    )
     parser.add_argument("--tracker", default=_env("TRACKER_URL"), help="tracker host:port (status, compare)")
     parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="the tracker's bearer token")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -156,23 +169,27 @@ def _replicas(args: argparse.Namespace) -> list[str]:
     raise ValueError("give the Triton pool: --replicas host:port,... or --triton-service NAME")
 
 
+def _admin(args: argparse.Namespace) -> AdminHeader | None:
+    return AdminHeader.optional(args.triton_admin_header_key, args.triton_admin_header_value)
+
+
 def _policy_file(args: argparse.Namespace) -> Path:
     if args.policy_file is None:
         raise ValueError("give --policy-file (or LOOPSTREAM_POLICY_FILE)")
     return args.policy_file
 
 
-def _new_policy(args: argparse.Namespace, policy: Policy) -> Policy:
+def _new_policy(args: argparse.Namespace, policy: RolloutPolicy) -> RolloutPolicy:
     if args.command == "promote":
         return promote(policy, str(args.version))
     if args.command == "rollback":
         return rollback(policy, str(args.version))
     new = with_weights(policy, _pairs(args.weights))
     if args.shadow == "off":
-        return Policy(new.pipeline, new.arms)
+        return RolloutPolicy(new.pipeline, new.arms)
     if args.shadow:
         ((version, fraction),) = _pairs([args.shadow]).items()
-        return Policy(new.pipeline, new.arms, Shadow(version, fraction))
+        return RolloutPolicy(new.pipeline, new.arms, Shadow(version, fraction))
     return new
 
 
@@ -181,7 +198,7 @@ def _change_policy(args: argparse.Namespace) -> int:
     policy = PolicyFile(path).current()
     new = _new_policy(args, policy)
     replicas = _replicas(args)
-    missing = missing_everywhere(replicas, new.pipeline, [int(v) for v in new.versions])
+    missing = missing_everywhere(replicas, new.pipeline, [int(v) for v in new.versions], _admin(args))
     if missing:
         reasons = "\n".join(f"  {replica}: {reason}" for replica, reason in sorted(missing.items()))
         print(
@@ -201,7 +218,7 @@ def _tracker(args: argparse.Namespace) -> TrackerClient:
     return TrackerClient(args.tracker, args.token)
 
 
-def _loaded_policy(args: argparse.Namespace) -> tuple[Policy | None, float]:
+def _loaded_policy(args: argparse.Namespace) -> tuple[RolloutPolicy | None, float]:
     """The policy the tracker has loaded (None when it runs without one), and when it loaded it."""
     client = _tracker(args)
     try:
@@ -210,10 +227,10 @@ def _loaded_policy(args: argparse.Namespace) -> tuple[Policy | None, float]:
         raise ConnectionError(f"tracker at {args.tracker}: {exc.details()}") from exc
     finally:
         client.close()
-    return (Policy.from_json(reply.policy_json) if reply.policy_json else None), reply.loaded_at_unix_s
+    return (RolloutPolicy.from_json(reply.policy_json) if reply.policy_json else None), reply.loaded_at_unix_s
 
 
-def _print_policy(policy: Policy) -> None:
+def _print_policy(policy: RolloutPolicy) -> None:
     print(f"pipeline {policy.pipeline}, control arm {policy.control}")
     for version, weight in policy.arms.items():
         print(f"  arm {version}: {100 * weight:.1f} % of new sessions")
@@ -248,7 +265,8 @@ def _status(args: argparse.Namespace) -> int:
     if policy is not None and (args.replicas or args.triton_service):
         for replica in _replicas(args):
             try:
-                print(f"  replica {replica}: serves {served_versions(replica, policy.pipeline)}")
+                served = served_versions(replica, policy.pipeline, _admin(args))
+                print(f"  replica {replica}: serves {served}")
             except InferenceServerException as exc:  # a status report lists a dead replica, and goes on
                 print(f"  replica {replica}: unreachable ({exc.message()})")
     return 0
@@ -257,7 +275,7 @@ def _status(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> int:
     policy = PolicyFile(_policy_file(args)).current()
     replicas = _replicas(args)
-    load_everywhere(replicas, policy.pipeline, args.version)
+    load_everywhere(replicas, policy.pipeline, args.version, _admin(args))
     print(f"version {args.version} of {policy.pipeline} READY on {len(replicas)} replica(s): {replicas}")
     return 0
 
