@@ -231,6 +231,7 @@ class MicroscopeSession:
             self.report.latency_s.append(result.latency_s)
         h, w = frame.image.shape[-2:]
         message = pb.FrameDetections(
+            session_id=self.session.session_id,
             frame_index=frame.index,
             timestamp_s=frame.timestamp_s,
             model_name=self.session.model_name,
