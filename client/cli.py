@@ -19,6 +19,7 @@ from tqdm import tqdm
 from loopstream.client.backpressure import BackpressurePolicy
 from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
 from loopstream.client.sources import Frame, SimulatorSource, SourceError, open_source
+from loopstream.client.tracker_link import DEFAULT_MAX_MESSAGE_BYTES
 from loopstream.core.simulator import SimulationConfig
 from loopstream.v1 import tracker_pb2 as pb
 
@@ -37,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker", default=_env("TRACKER_URL", "127.0.0.1:50061"), help="tracker host:port")
     parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="tracker bearer token")
     parser.add_argument("--max-in-flight", type=int, default=int(_env("MAX_IN_FLIGHT", "8")))
+    parser.add_argument(
+        "--tracker-max-message-bytes",
+        type=int,
+        default=int(_env("TRACKER_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES))),
+        help="the tracker's --max-message-bytes: a frame whose detections exceed it fails, unsent",
+    )
+    parser.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=float(_env("RECONNECT_TIMEOUT", "120")),
+        help="seconds a restarting Triton or tracker may stay away before the run stops",
+    )
     parser.add_argument("--microscope-id", default=_env("MICROSCOPE_ID", "microscope-1"))
     parser.add_argument("--sample", default=_env("SAMPLE", ""))
     parser.add_argument("--dose-rate", type=float, default=float(_env("DOSE_RATE", "0")), help="ions/cm^2/s")
@@ -135,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         args.tracker,
         args.token,
         args.max_in_flight,
+        reconnect_timeout_s=args.reconnect_timeout,
         policy=BackpressurePolicy(args.policy),
         buffer_frames=args.buffer_frames,
         target_fps=args.target_fps,
         shared_memory=args.shared_memory,
+        tracker_max_message_bytes=args.tracker_max_message_bytes,
     )
     try:
         report = stream(MicroscopeSession(endpoints, spec), frames, total, progress=not args.no_progress)

@@ -9,6 +9,7 @@ every unanswered frame is sent again, so each frame ends up answered exactly onc
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -64,14 +65,14 @@ class InferenceStream(ReconnectingStream):
         self.on_result = on_result
         self.max_in_flight = max_in_flight
         self.reconnect_timeout_s = reconnect_timeout_s
-        self.reconnects = 0
+        self.server = f"Triton at {url}"
         self.shared_memory = shared_memory
         self._slots: SharedMemorySlots | None = None  # sized by the first frame
         self._client = triton.InferenceServerClient(url)
         self._pending: OrderedDict[int, _InFlight] = OrderedDict()
         self._cond = threading.Condition()
-        self._broken: str | None = None
-        self._client.start_stream(callback=self._on_response)
+        self._init_reconnecting()
+        self._start_stream()
 
     def submit(self, frame: Frame) -> None:
         """Send one frame; blocks while ``max_in_flight`` frames are unanswered."""
@@ -124,14 +125,19 @@ class InferenceStream(ReconnectingStream):
             request_id=str(frame.index),
         )
 
-    def _on_response(self, result: triton.InferResult | None, error: InferenceServerException | None) -> None:
+    def _start_stream(self) -> None:
+        self._client.start_stream(callback=functools.partial(self._on_response, self._generation))
+
+    def _on_response(
+        self, generation: int, result: triton.InferResult | None, error: InferenceServerException | None
+    ) -> None:
         with self._cond:
             if error is not None and error.status() is not None:
                 # A gRPC status on the stream means the stream itself is gone, not one frame.
-                log.warning("Triton stream broke (%s); will reconnect and resend", error.status())
-                self._broken = str(error)
-                self._cond.notify_all()
+                self._stream_broke(str(error), generation)
                 return
+            if generation != self._generation:
+                return  # a late answer on a stream already replaced: its frame is resent
             if not self._pending:
                 log.error("answer from Triton with no frame waiting for it; ignored")
                 return
@@ -148,36 +154,28 @@ class InferenceStream(ReconnectingStream):
         )
         self.on_result(FrameResult(frame, detections, message, time.monotonic() - entry.sent_s))
 
-    def _reconnect_locked(self) -> None:
-        """Reopen the stream once Triton is live, and send every unanswered frame again."""
-        self._cond.release()
+    def _unanswered(self) -> int:
+        return len(self._pending)
+
+    def _discard_stream(self) -> None:
+        self._client.stop_stream()
+        self._client.close()
+
+    def _server_ready(self) -> bool:
+        client = triton.InferenceServerClient(self.url)
         try:
-            self._client.stop_stream()
-            self._client.close()
-            deadline = time.monotonic() + self.reconnect_timeout_s
-            while True:
-                client = triton.InferenceServerClient(self.url)
-                try:
-                    if client.is_model_ready(self.model_name, self.model_version):
-                        break
-                except InferenceServerException:
-                    pass
-                client.close()
-                if time.monotonic() > deadline:
-                    raise ConnectionError(
-                        f"Triton at {self.url} did not come back within {self.reconnect_timeout_s:.0f} s; "
-                        f"{len(self._pending)} frames are unanswered; check the server and run again"
-                    )
-                time.sleep(POLL_S)
+            return client.is_model_ready(self.model_name, self.model_version)
+        except InferenceServerException:
+            return False
         finally:
-            self._cond.acquire()
-        self._client = client
-        self._broken = None
-        self.reconnects += 1
+            client.close()
+
+    def _reopen_locked(self) -> None:
+        """A new client and stream; every unanswered frame is sent again."""
+        self._client = triton.InferenceServerClient(self.url)
         if self._slots is not None:
             self._slots.register(self._client)  # a restarted server forgot the registration
-        self._client.start_stream(callback=self._on_response)
-        log.info("reconnected to Triton; resending %d unanswered frames", len(self._pending))
+        self._start_stream()
         for entry in self._pending.values():
             entry.sent_s = time.monotonic()
             self._send(entry)

@@ -26,7 +26,12 @@ from loopstream.client.backpressure import BackpressurePolicy, FrameGate
 from loopstream.client.inference import FrameResult, InferenceStream, pinned_version
 from loopstream.client.shadow import ShadowJoin, agreement
 from loopstream.client.sources import Frame
-from loopstream.client.tracker_link import DetectionStream, auth_metadata, open_channel
+from loopstream.client.tracker_link import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DetectionStream,
+    auth_metadata,
+    open_channel,
+)
 from loopstream.core.detections import encode_loops, shadows_frame
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
@@ -45,6 +50,7 @@ class Endpoints:
     buffer_frames: int = 16  # drop-oldest: frames waiting beyond the in-flight window
     target_fps: float | None = None  # decimate: frames/s of acquisition time to analyse
     shared_memory: bool = False  # frames through system shared memory (client and Triton on one host)
+    tracker_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the tracker's --max-message-bytes
 
 
 @dataclass
@@ -60,6 +66,7 @@ class SessionReport:
     loops: int = 0
     triton_reconnects: int = 0
     tracker_reconnects: int = 0
+    session_closed: bool = False  # CloseSession done at the tracker
     shadowed: int = 0  # frames forwarded with a shadow candidate's agreement
     elapsed_s: float = 0.0
     latency_s: list[float] = field(default_factory=list)
@@ -96,17 +103,7 @@ class MicroscopeSession:
         self.report = SessionReport()
         self._lock = threading.Lock()
         self._frame_shapes: dict[int, tuple[int, int]] = {}
-        channel = open_channel(endpoints.tracker)
-        try:
-            self.session = pb_grpc.TrackerStub(channel).OpenSession(
-                spec, metadata=auth_metadata(endpoints.token), timeout=30
-            )
-        except grpc.RpcError as exc:
-            raise ConnectionError(
-                f"the tracker at {endpoints.tracker} refused the session: {exc.details()}"
-            ) from exc
-        finally:
-            channel.close()
+        self.session = self._call_tracker("OpenSession", spec)
         self.report.session_id = self.session.session_id
         self.model_version = pinned_version(
             endpoints.triton,
@@ -116,7 +113,11 @@ class MicroscopeSession:
         )
         self.report.model = f"{self.session.model_name}:{self.model_version}"
         self._tracker = DetectionStream(
-            endpoints.tracker, endpoints.token, self._on_ack, endpoints.reconnect_timeout_s
+            endpoints.tracker,
+            endpoints.token,
+            self._on_ack,
+            endpoints.reconnect_timeout_s,
+            max_message_bytes=endpoints.tracker_max_message_bytes,
         )
         self._triton = InferenceStream(
             endpoints.triton,
@@ -137,13 +138,16 @@ class MicroscopeSession:
                 model_version=self.session.shadow_model_version,
                 max_in_flight=endpoints.max_in_flight,
                 reconnect_timeout_s=endpoints.reconnect_timeout_s,
-                session_id=self.session.session_id,
             )
         self._gate = FrameGate(self._analyse, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps)
         self._started = time.monotonic()
 
     def submit(self, frame: Frame) -> None:
-        """Hand one frame over for analysis; with the block policy, waits while the window is full."""
+        """Hand one frame over for analysis; with the block policy, waits while the window is full.
+
+        Raises ConnectionError once a service stayed away longer than ``reconnect_timeout_s``.
+        """
+        self._tracker.raise_if_failed()
         with self._lock:
             self.report.frames_submitted += 1
         self._gate.offer(frame)
@@ -155,7 +159,11 @@ class MicroscopeSession:
         return r.frames_submitted - r.frames_stored - len(r.failed) - len(self._gate.skipped)
 
     def close(self) -> SessionReport:
-        """Wait for every frame to be analysed and stored, then close the streams (not the session)."""
+        """Wait for every frame to be analysed and stored, close the streams, then the session.
+
+        CloseSession tells the tracker that no more frames come (live watchers end, the session is
+        listed as closed); a session that could not drain is left open.
+        """
         try:
             try:
                 self._gate.close()
@@ -168,7 +176,23 @@ class MicroscopeSession:
         self.report.elapsed_s = time.monotonic() - self._started
         self.report.triton_reconnects = self._triton.reconnects
         self.report.tracker_reconnects = self._tracker.reconnects
+        self._call_tracker("CloseSession", pb.SessionRef(session_id=self.session.session_id))
+        self.report.session_closed = True
         return self.report
+
+    def _call_tracker(self, method: str, request):
+        """One unary call to the tracker on a channel of its own (the stream has its own)."""
+        channel = open_channel(self.endpoints.tracker)
+        try:
+            return getattr(pb_grpc.TrackerStub(channel), method)(
+                request, metadata=auth_metadata(self.endpoints.token), timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise ConnectionError(
+                f"the tracker at {self.endpoints.tracker} refused {method}: {exc.details()}"
+            ) from exc
+        finally:
+            channel.close()
 
     def _analyse(self, frame: Frame) -> None:
         """Send a frame to the session's version, and to the candidate if this frame shadows."""
@@ -207,6 +231,7 @@ class MicroscopeSession:
             self.report.latency_s.append(result.latency_s)
         h, w = frame.image.shape[-2:]
         message = pb.FrameDetections(
+            session_id=self.session.session_id,
             frame_index=frame.index,
             timestamp_s=frame.timestamp_s,
             model_name=self.session.model_name,

@@ -146,7 +146,8 @@ def test_sigterm_finishes_commits_and_exits_cleanly(tmp_path):
 
     accepted = [a.frame_index for a in acks if a.accepted]
     assert len(accepted) >= 20 and len(accepted) < CONFIG.n_frames
-    assert all("shutting down" in a.error for a in acks if not a.accepted)
+    # A frame refused because the tracker is stopping stays unacknowledged: the client resends it.
+    assert all(a.accepted for a in acks), [a.error for a in acks if not a.accepted]
     with Store(db) as store:
         assert store.frames(sid).frame_index.tolist() == accepted  # acknowledged = stored, nothing more
 

@@ -84,6 +84,13 @@ def parser() -> argparse.ArgumentParser:
         help="full: fsync every frame before its ack (survives power loss); normal: ~2x faster, survives "
         "tracker crashes only",
     )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("max_message_bytes", ServerConfig.max_message_bytes)),
+        help="largest message a client may send (one frame's detections, ~100 bytes per loop); "
+        "clients state the same with loopstream-client --tracker-max-message-bytes",
+    )
     p.add_argument("--token-file", default=_env("token_file", None), help="file holding the bearer token")
     p.add_argument(
         "--no-auth",
@@ -151,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         synchronous=args.sync.upper(),
+        max_message_bytes=args.max_message_bytes,
         ab_policy=args.ab_policy,
         defaults=Defaults(
             args.default_model, args.default_model_version, args.search_range_nm, args.memory_frames

@@ -102,7 +102,7 @@ class TrackerEngine:
             "dose_rate_ions_cm2_s": float(spec.get("dose_rate_ions_cm2_s", 0.0)),
             "model_family": int(spec.get("model_family", 0)),
             "model_name": arm.model_name,
-            "model_version": arm.model_version,  # the arm: stored once, never updated
+            "model_version": arm.model_version,  # the arm; "" (latest) becomes the client's pin at frame 1
             "search_range_nm": float(spec.get("search_range_nm") or d.search_range_nm),
             "memory_frames": d.memory_frames if memory == 0 else max(int(memory), 0),
             "opened_at_unix_s": time.time(),

@@ -37,6 +37,10 @@ class ServerConfig:
     tls_key: str | None = None
     defaults: Defaults = field(default_factory=Defaults)
     max_workers: int = 32  # every open stream holds one worker thread
+    # The largest message a client may send (a frame's detections): gRPC's default, stated so the
+    # client's --tracker-max-message-bytes can match it. A larger one ends the client's stream with
+    # RESOURCE_EXHAUSTED, and the client fails that frame.
+    max_message_bytes: int = 4 * 1024 * 1024
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
     ab_policy: str | None = None  # JSON file of model versions and weights; None = the defaults
 
@@ -71,7 +75,9 @@ def serve(config: ServerConfig) -> RunningTracker:
     engine.on_commit = metrics.commit_latency.observe
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers), interceptors=interceptors
+        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", config.max_message_bytes)],
     )
     tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerService(engine, metrics.on_frame, policy), server)
     health_servicer = health.HealthServicer()

@@ -170,6 +170,10 @@ class TrackerService(pb_grpc.TrackerServicer):
                     "frame not stored", extra={"session_id": msg.session_id, "frame_index": msg.frame_index}
                 )
                 result = IngestResult(False, error=f"internal error, frame not stored ({e}): resend it later")
+            if self.engine.closing and not result.accepted:
+                # Refused only because we are stopping: no ack, so the client resends it to the
+                # restarted tracker (an end of the stream it did not ask for is its cue to reconnect).
+                return
             if self.on_frame is not None:
                 self.on_frame(result, msg, time.perf_counter() - received)
             yield pb.Ack(

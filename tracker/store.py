@@ -357,6 +357,12 @@ class Store:
                 if cur.rowcount == 0:
                     db.execute("ROLLBACK")
                     return False
+                # A session the tracker left on "latest" runs on the version its client pinned at
+                # open; the first frame says which, and the session records it from then on.
+                db.execute(
+                    "UPDATE sessions SET model_version = ? WHERE sid = ? AND model_version = ''",
+                    (frame["model_version"], sid),
+                )
                 rows = np.column_stack([np.full(len(detections), sid), detections])
                 for start in range(0, len(rows), _ROWS_PER_INSERT):
                     chunk = rows[start : start + _ROWS_PER_INSERT]

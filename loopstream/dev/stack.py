@@ -95,6 +95,11 @@ class LocalStack:
         if self.triton is not None:
             self.triton.kill()
 
+    def stop_tracker(self) -> None:
+        """SIGTERM the tracker and wait for it to exit, as a rolling restart would."""
+        if self.tracker is not None:
+            self.tracker.stop()
+
     def kill_tracker(self) -> None:
         """SIGKILL the tracker, as a crash would (failure drills)."""
         if self.tracker is not None:
