@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -257,6 +258,7 @@ class StoreError(RuntimeError):
 
 
 STORE_ERROR_KINDS = ("full", "io", "corrupt", "busy", "other")
+MIN_FREE_BYTES = 1 << 20  # free space the volume needs before a store that failed a write is ready again
 
 
 def store_error_kind(error: sqlite3.Error) -> str:
@@ -329,7 +331,12 @@ class Store:
             raise
 
     def _check_integrity(self) -> None:
-        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.DatabaseError as e:
+            if store_error_kind(e) != "corrupt" or "not a database" in str(e):
+                raise  # not a store at all: the caller says so
+            problems = [str(e)]
         if problems != ["ok"]:
             raise StoreError(
                 f"{self.path} is damaged (SQLite quick_check: {'; '.join(problems)}): restore it from a "
@@ -484,17 +491,23 @@ class Store:
         return True
 
     def probe_write(self) -> bool:
-        """Whether a small transaction commits now (clears ``write_error`` when it does).
+        """Whether the store can write again after a failed write (clears ``write_error`` when so).
 
-        A no-op update still appends a page to the WAL, so it fails while the disk is full.
+        A small commit alone would not say it: a failed transaction may leave the WAL file longer
+        than what it holds, and a probe fits in that tail while the disk is still full. So the
+        volume must also have ``MIN_FREE_BYTES`` free.
         """
         with self._lock:
             try:
+                stats = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+                if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
+                    return False
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("UPDATE schema_version SET version = version")
                 self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                _rollback(self._db)
+            except (sqlite3.Error, OSError) as e:
+                if isinstance(e, sqlite3.Error):
+                    _rollback(self._db)
                 self.write_error = str(e)
                 return False
             self.write_error = None
