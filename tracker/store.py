@@ -258,6 +258,7 @@ class StoreError(RuntimeError):
 
 
 STORE_ERROR_KINDS = ("full", "io", "corrupt", "busy", "other")
+READER_CACHE_KIB = 256  # SQLite's default is 2 MiB per connection
 MIN_FREE_BYTES = 1 << 20  # free space the volume needs before a store that failed a write is ready again
 
 
@@ -387,6 +388,9 @@ class Store:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # One reader per server thread (hundreds with open watchers): a small page cache each
+            # bounds their memory (READER_CACHE_KIB x threads); the OS caches the file anyway.
+            reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             self._local.reader = reader
             with self._lock:
                 self._readers.append(reader)
