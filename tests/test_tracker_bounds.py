@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import export, synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
+from loopstream.tracker import export
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.server import SERVICE_NAME, ServerConfig, serve

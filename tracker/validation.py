@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from loopstream.instances import DETECTION_COLUMNS
-
-LOOP_COLUMNS = DETECTION_COLUMNS  # what Triton returns per loop, in its order
+from loopstream.core.detections import LOOP_COLUMNS
 
 # Frame indices are stored as SQLite INTEGER; they also pass through float64 arrays on the way to
 # the store and through JSON clients, both exact only up to 2**53.
