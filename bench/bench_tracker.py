@@ -61,7 +61,9 @@ class Population:
     def frame(self, t: int) -> pd.DataFrame:
         alive = np.flatnonzero((self.birth <= t) & (self.death > t))
         n = alive.size
-        xy = self.xy[alive] + np.array([0.05, -0.03]) * t + self.rng.normal(0, 0.2, (n, 2))
+        # Loops drift with the stage; the field wraps, so the frame keeps its loops (loops that leave
+        # at one edge come back at the other as new tracks) and every centre stays inside it.
+        xy = (self.xy[alive] + np.array([0.05, -0.03]) * t) % self.size_px + self.rng.normal(0, 0.2, (n, 2))
         major = self.major0[alive] + self.growth[alive] * (t - self.birth[alive])
         return pd.DataFrame(
             {

@@ -424,8 +424,10 @@ def test_tracker_statefulset_follows_the_service_contract(chart):
         "--token-file=/secrets/token",
         "--ab-policy=/config/ab-policy.json",
     ]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["grpc"] == {"port": 50061}
+    # Readiness asks the Tracker service: NOT_SERVING while the store cannot write (full disk).
+    assert c["readinessProbe"]["grpc"] == {"port": 50061, "service": "loopstream.v1.Tracker"}
     (claim,) = spec["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
@@ -465,6 +467,8 @@ def test_tracker_tls_uses_secret_and_exec_probe(chart):
     # kubelet's gRPC probe has no TLS: the image's checker is used instead.
     cmd = c["readinessProbe"]["exec"]["command"]
     assert cmd[0] == "loopstream-healthcheck" and "--ca" in cmd and "50061" in cmd
+    assert cmd[-2:] == ["--service", "loopstream.v1.Tracker"]
+    assert c["livenessProbe"]["exec"]["command"][-2:] == ["--service", ""]
     assert "grpc" not in c["readinessProbe"]
 
 

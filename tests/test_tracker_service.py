@@ -198,7 +198,7 @@ def test_every_call_needs_the_token_but_health_does_not(tracker, client):
     assert {"loopstream.v1.Tracker", "grpc.health.v1.Health"} <= names
 
 
-def test_tracks_export_watch_and_metrics(tracker, client):
+def test_tracks_export_watch_and_metrics(tracker, client, tmp_path):
     sid = open_session(client)
     received: list[pb.FrameStatistics] = []
     watch = client.WatchStatistics(pb.WatchRequest(session_id=sid))
@@ -215,7 +215,7 @@ def test_tracks_export_watch_and_metrics(tracker, client):
         assert [p.frame_index for p in t.points] == list(range(15))
     assert len({t.track_id for t in tracks}) == len(tracks)
 
-    files = {f.name: f for f in client.ExportSession(pb.ExportRequest(session_id=sid)).files}
+    files = {p.name: p.read_bytes() for p in client.export(sid, tmp_path / "export")}
     assert {
         "detections.csv",
         "tracks.csv",
@@ -223,17 +223,17 @@ def test_tracks_export_watch_and_metrics(tracker, client):
         "size_histogram.csv",
         "session.json",
     } <= set(files)
-    detections = pd.read_csv(io.BytesIO(files["detections.csv"].content))
+    detections = pd.read_csv(io.BytesIO(files["detections.csv"]))
     assert len(detections) == sum(
         f.loop_count for f in client.GetStatistics(pb.StatisticsRequest(session_id=sid)).frames
     )
     assert {"track_id", "x_corrected_px", "frame_index", "major_px"} <= set(detections.columns)
-    assert len(pd.read_csv(io.BytesIO(files["frame_statistics.csv"].content))) == 15
-    meta = json.loads(files["session.json"].content, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert len(pd.read_csv(io.BytesIO(files["frame_statistics.csv"]))) == 15
+    meta = json.loads(files["session.json"], parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert meta["session_id"] == sid and meta["summary"]["frames"] == 15
     for table in ("detections", "tracks", "frame_statistics", "size_histogram", "lifetime_histogram"):
-        parquet = pd.read_parquet(io.BytesIO(files[f"{table}.parquet"].content))
-        assert parquet.to_csv(index=False).encode() == files[f"{table}.csv"].content
+        parquet = pd.read_parquet(io.BytesIO(files[f"{table}.parquet"]))
+        assert parquet.to_csv(index=False).encode() == files[f"{table}.csv"]
     pngs = [
         "density_size_vs_time",
         "density_size_vs_fluence",
@@ -242,7 +242,7 @@ def test_tracks_export_watch_and_metrics(tracker, client):
         "tracks",
     ]
     for name in (f"{p}.png" for p in pngs):
-        assert files[name].content.startswith(b"\x89PNG") and files[name].media_type == "image/png"
+        assert files[name].startswith(b"\x89PNG")
 
     client.CloseSession(pb.SessionRef(session_id=sid))
     watcher.join(10)

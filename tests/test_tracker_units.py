@@ -108,7 +108,7 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         session = store.session("s1")
         assert (session["model_version"], session["shadow_model_version"], session["shadow_fraction"]) == (
             "1",

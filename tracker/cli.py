@@ -1,5 +1,7 @@
 """``loopstream-tracker``: run the tracker service until SIGTERM / SIGINT.
 
+``loopstream-tracker export SESSION --out DIR`` writes a session's export instead.
+
 Every flag can also be set by an environment variable LOOPSTREAM_TRACKER_<FLAG> (upper snake
 case, e.g. LOOPSTREAM_TRACKER_PORT); a flag on the command line wins. The bearer token comes from
 --token-file or LOOPSTREAM_TRACKER_TOKEN; without one the tracker refuses to start unless
@@ -19,7 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+from tqdm import tqdm
+
 from loopstream.tracker.auth import read_token
+from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.engine import Defaults
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.tracker.store import Store, StoreError
@@ -129,6 +135,24 @@ def parser() -> argparse.ArgumentParser:
         help="default number of frames a vanished loop is remembered",
     )
     p.add_argument(
+        "--skip-integrity-check",
+        action="store_true",
+        default=_truthy(_env("skip_integrity_check", False)),
+        help="start without PRAGMA quick_check of the store (it reads the whole file: ~seconds per GB)",
+    )
+    p.add_argument(
+        "--max-watchers",
+        type=int,
+        default=int(_env("max_watchers", ServerConfig.max_watchers)),
+        help="WatchStatistics streams open at once; one more is refused (RESOURCE_EXHAUSTED)",
+    )
+    p.add_argument(
+        "--max-detection-streams",
+        type=int,
+        default=int(_env("max_detection_streams", ServerConfig.max_detection_streams)),
+        help="StreamDetections streams open at once (one per microscope); one more is refused",
+    )
+    p.add_argument(
         "--log-level",
         type=str.lower,
         choices=["debug", "info", "warning", "error"],
@@ -160,6 +184,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         synchronous=args.sync.upper(),
         max_message_bytes=args.max_message_bytes,
         ab_policy=args.ab_policy,
+        check_integrity=not args.skip_integrity_check,
+        max_watchers=args.max_watchers,
+        max_detection_streams=args.max_detection_streams,
         defaults=Defaults(
             args.default_model, args.default_model_version, args.search_range_nm, args.memory_frames
         ),
@@ -190,7 +217,44 @@ def migrate(db: str) -> int:
     return 0
 
 
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loopstream-tracker export",
+        description="Write a session's export (CSV and Parquet tables, PNG plots, session.json) to a folder.",
+    )
+    p.add_argument("session_id", help="the session (loopstream-client prints it; ListSessions lists them)")
+    p.add_argument("--tracker", default=_env("url", "127.0.0.1:50061"), help="tracker HOST:PORT")
+    p.add_argument("--token-file", default=_env("token_file", None), help="file holding the bearer token")
+    p.add_argument("--ca", default=_env("ca", None), help="PEM CA bundle: use TLS and trust these roots")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder to write the files into")
+    return p
+
+
+def export_main(argv: list[str]) -> int:
+    """``loopstream-tracker export SESSION``: the files stream to disk with a progress bar (bytes)."""
+    args = export_parser().parse_args(argv)
+    token = read_token(args.token_file) if args.token_file else os.environ.get(ENV_PREFIX + "TOKEN")
+    credentials = grpc.ssl_channel_credentials(Path(args.ca).read_bytes()) if args.ca else None
+    client = TrackerClient(args.tracker, token, credentials)
+    try:
+        with tqdm(unit="B", unit_scale=True, desc="export", file=sys.stderr) as bar:
+            files = client.export(
+                args.session_id, args.out, lambda name, n: (bar.set_postfix_str(name), bar.update(n))
+            )
+    except grpc.RpcError as e:
+        print(f"export failed: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    for path in files:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     args = parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

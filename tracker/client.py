@@ -5,7 +5,8 @@ Used by tests and the benchmark, and usable by facility scripts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -59,6 +60,36 @@ class TrackerClient:
 
     def stream(self, messages: Iterable[pb.FrameDetections]) -> Iterator[pb.Ack]:
         return self.stub.StreamDetections(iter(messages), metadata=self.metadata)
+
+    def export(
+        self, session_id: str, folder: str | Path, on_bytes: Callable[[str, int], None] | None = None
+    ) -> list[Path]:
+        """Write a session's export into ``folder`` as it streams in (never a whole file in memory).
+
+        ``on_bytes(name, n)`` is told each piece's size (a progress bar). A file arrives complete or
+        not at all: it is written as NAME.part and renamed on its last piece.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        out, name = None, ""
+        try:
+            request = pb.ExportRequest(session_id=session_id)
+            for chunk in self.stub.ExportSession(request, metadata=self.metadata):
+                if out is None:
+                    name = Path(chunk.name).name  # no path from the server is trusted
+                    out = (folder / f"{name}.part").open("wb")
+                out.write(chunk.data)
+                if on_bytes is not None:
+                    on_bytes(name, len(chunk.data))
+                if chunk.last:
+                    out.close()
+                    out = None
+                    written.append((folder / f"{name}.part").replace(folder / name))
+        finally:
+            if out is not None:
+                out.close()
+        return written
 
     def close(self) -> None:
         self.channel.close()

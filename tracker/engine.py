@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -22,15 +22,25 @@ from loopstream.tracker.drift import DriftEstimator, predicted_drift
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.rollout import Assignment
 from loopstream.tracker.store import NEXT_TRACK_COLUMN, Store
-from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput, frame_problem
+from loopstream.tracker.validation import (
+    LOOP_COLUMNS,
+    FrameInput,
+    ShadowInput,
+    content_hash,
+    frame_problem,
+    spec_problem,
+)
 
 log = logging.getLogger("loopstream.tracker")
 
 
 class SessionNotFound(KeyError):
     def __str__(self) -> str:
+        shown = (
+            self.args[0] if len(self.args[0]) <= 64 else f"{self.args[0][:64]}... ({len(self.args[0])} chars)"
+        )
         return (
-            f"unknown session_id {self.args[0]!r}: open a session with OpenSession and use the "
+            f"unknown session_id {shown!r}: open a session with OpenSession and use the "
             "session_id it returns (ListSessions shows the open ones)"
         )
 
@@ -45,12 +55,30 @@ class Defaults:
     family_models: tuple[tuple[int, str], ...] = ((1, "loops_instance"), (2, "loops_semantic"))
 
 
+# Why a frame was not stored: a fixed set, so metrics can count rejections by reason.
+REJECTIONS = (
+    "invalid",
+    "unknown_session",
+    "closed",
+    "backwards",
+    "conflict",
+    "shutting_down",
+    "store",
+    "internal",
+)
+
+
 @dataclass(frozen=True)
 class IngestResult:
     accepted: bool
     duplicate: bool = False
     error: str = ""
-    microscope_id: str = ""  # of the session, when known (metrics labels)
+    rejection: str = ""  # one of REJECTIONS when not accepted
+    # The session's stored microscope id, arm and shadow candidate (validated at OpenSession):
+    # the only values metrics may use as labels. Empty when the frame was rejected.
+    microscope_id: str = ""
+    arm: str = ""
+    shadow_arm: str = ""
 
 
 @dataclass
@@ -79,14 +107,15 @@ class TrackerEngine:
         self.on_commit = on_commit  # metrics hook: seconds one frame's transaction took
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
-        self._new_frame = threading.Condition()
+        # One condition per watched session: a stored frame wakes only that session's watchers.
+        self._new_frames: dict[str, threading.Condition] = {}
         self._closing = False
 
     # -- sessions ---------------------------------------------------------------------------
 
     def open_session(self, spec: dict) -> dict:
         """Store a new session. ``spec`` has the SessionSpec fields; returns the session record."""
-        problem = _spec_problem(spec)
+        problem = spec_problem(spec)
         if problem:
             raise ValueError(problem)
         d = self.defaults
@@ -158,8 +187,9 @@ class TrackerEngine:
             with stale.lock:
                 stale.spec["closed"] = 1
         log.info("session closed", extra={"session_id": session_id})
-        with self._new_frame:
-            self._new_frame.notify_all()
+        with self._live_lock:
+            condition = self._new_frames.pop(session_id, None)
+        _notify(condition)
         return self.session(session_id)
 
     def open_sessions(self) -> int:
@@ -170,38 +200,46 @@ class TrackerEngine:
     def shutdown(self) -> None:
         """Refuse new frames from now on; commits in flight finish (they hold their session lock)."""
         self._closing = True
-        with self._new_frame:
-            self._new_frame.notify_all()
+        with self._live_lock:
+            conditions = list(self._new_frames.values())
+        for condition in conditions:
+            _notify(condition)
 
     def ingest(self, frame: FrameInput) -> IngestResult:
-        """Link, measure and durably store one frame; idempotent by (session, frame index)."""
+        """Link, measure and durably store one frame; idempotent by (session, frame index) and content."""
         if self._closing:
-            return IngestResult(False, error="tracker is shutting down: resend this frame after it restarts")
+            return _rejected("shutting_down", "tracker is shutting down: resend this frame after it restarts")
+        problem = frame_problem(frame)  # before any lookup: nothing unchecked reaches the store
+        if problem:
+            return _rejected("invalid", problem)
         try:
             live = self._live_session(frame.session_id)
         except SessionNotFound as e:
-            return IngestResult(False, error=str(e))
-        microscope = live.spec["microscope_id"]
+            return _rejected("unknown_session", str(e))
         if live.spec["closed"]:
-            return IngestResult(False, error=f"session {frame.session_id} is closed: open a new session")
-        problem = frame_problem(frame)
-        if problem:
-            return IngestResult(False, error=problem, microscope_id=microscope)
+            return _rejected("closed", f"session {frame.session_id} is closed: open a new session")
+        digest = content_hash(frame)
         with live.lock:
             if frame.frame_index <= live.last_frame_index:
-                if self.store.has_frame(frame.session_id, frame.frame_index):
-                    return IngestResult(True, duplicate=True, microscope_id=microscope)
-                return IngestResult(
-                    False,
-                    microscope_id=microscope,
-                    error=(
+                stored = self.store.frame_hash(frame.session_id, frame.frame_index)
+                if stored is None:
+                    return _rejected(
+                        "backwards",
                         f"frame_index {frame.frame_index} goes backwards: session {frame.session_id} has "
                         f"stored up to frame {live.last_frame_index} and frames must arrive in increasing "
-                        "order; send only frames after the last acknowledged one"
-                    ),
-                )
+                        "order; send only frames after the last acknowledged one",
+                    )
+                if stored and stored != digest:  # b"": stored before hashes were kept
+                    return _rejected(
+                        "conflict",
+                        f"frame {frame.frame_index} of session {frame.session_id} is already stored with "
+                        "different content (time, size, model or loops): a resend must be identical; "
+                        "number a new frame with the next frame_index",
+                    )
+                return self._labelled(live, IngestResult(True, duplicate=True))
             try:
                 row, detections = self._process(live, frame)
+                row["content_sha256"] = digest
                 started = time.perf_counter()
                 self.store.commit_frame(frame.session_id, row, detections)
                 if self.on_commit is not None:
@@ -212,9 +250,20 @@ class TrackerEngine:
                 raise
             live.frames_stored += 1
             live.last_frame_index = frame.frame_index
-        with self._new_frame:
-            self._new_frame.notify_all()
-        return IngestResult(True, microscope_id=microscope)
+        with self._live_lock:
+            condition = self._new_frames.get(frame.session_id)
+        _notify(condition)
+        return self._labelled(live, IngestResult(True))
+
+    @staticmethod
+    def _labelled(live: _Live, result: IngestResult) -> IngestResult:
+        spec = live.spec
+        return replace(
+            result,
+            microscope_id=spec["microscope_id"],
+            arm=spec["model_version"],
+            shadow_arm=spec["shadow_model_version"],
+        )
 
     def _process(self, live: _Live, frame: FrameInput) -> tuple[dict, np.ndarray]:
         """The frame's stored row (statistics included) and its detections (store columns)."""
@@ -367,14 +416,22 @@ class TrackerEngine:
     def wait_for_frame(self, session_id: str, after_frame: int, timeout_s: float) -> bool:
         """Block until the session has a frame after ``after_frame`` (True), or timeout/close/shutdown."""
         deadline = time.monotonic() + timeout_s
-        with self._new_frame:
+        with self._live_lock:
+            condition = self._new_frames.setdefault(session_id, threading.Condition())
+        with condition:
             while True:
                 if self.store.last_frame_index(session_id) > after_frame:
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closing or self.session(session_id)["closed"]:
                     return False
-                self._new_frame.wait(remaining)
+                condition.wait(remaining)
+
+
+def _notify(condition: threading.Condition | None) -> None:
+    if condition is not None:
+        with condition:
+            condition.notify_all()
 
 
 def _shadow_columns(shadow: ShadowInput | None) -> dict:
@@ -396,18 +453,5 @@ def _loop_values(loops: pd.DataFrame) -> np.ndarray:
     return loops.to_numpy(float)
 
 
-def _spec_problem(spec: dict) -> str | None:
-    checks = [
-        ("pixel_size_nm", spec.get("pixel_size_nm", 0.0), "the size of one camera pixel in nm"),
-        ("frame_rate_hz", spec.get("frame_rate_hz", 0.0), "the nominal camera rate in Hz"),
-    ]
-    for name, value, meaning in checks:
-        if not (np.isfinite(value) and value > 0):
-            return f"{name} = {value} must be > 0: set it to {meaning}"
-    dose = spec.get("dose_rate_ions_cm2_s", 0.0)
-    if not (np.isfinite(dose) and dose >= 0):
-        return f"dose_rate_ions_cm2_s = {dose} must be >= 0 (ions/cm^2/s; 0 without irradiation)"
-    search = spec.get("search_range_nm", 0.0)
-    if not (np.isfinite(search) and search >= 0):
-        return f"search_range_nm = {search} must be >= 0 (0 = the tracker's default)"
-    return None
+def _rejected(rejection: str, error: str) -> IngestResult:
+    return IngestResult(False, error=error, rejection=rejection)

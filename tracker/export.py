@@ -6,9 +6,12 @@ never needs a display.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,63 +23,125 @@ from loopstream.tracker import statistics
 from loopstream.tracker.engine import TrackerEngine
 
 try:  # Parquet is optional: pandas needs pyarrow for it
-    import pyarrow  # noqa: F401
+    import pyarrow
+    import pyarrow.parquet
 
     HAVE_PARQUET = True
 except ImportError:
     HAVE_PARQUET = False
 
 
+CHUNK_BYTES = 1 << 20  # data per ExportChunk message, far under gRPC's default 4 MiB limit
+DETECTIONS_PER_READ = 50_000  # detections read from the store (and converted) at a time
+
+
 @dataclass(frozen=True)
-class ExportedFile:
+class ExportChunk:
+    """A piece of one exported file; ``last`` marks the file's final piece."""
+
     name: str
     media_type: str
-    content: bytes
+    data: bytes
+    last: bool
 
 
-def export_session(engine: TrackerEngine, session_id: str) -> list[ExportedFile]:
-    """Tables (detections, tracks, per-frame statistics, size histogram, summary) and plots."""
-    session = engine.session(session_id)
+def export_session(engine: TrackerEngine, session_id: str) -> Iterator[ExportChunk]:
+    """Tables (detections, tracks, per-frame statistics, size and lifetime histograms, summary) and
+    plots, as pieces of at most ``CHUNK_BYTES``.
+
+    The detections, the one table as large as the session, are read from the store
+    ``DETECTIONS_PER_READ`` at a time and written as they are read: CSV straight to the stream,
+    Parquet one row group per read through a temporary file.
+    """
+    session = engine.session(session_id)  # NOT_FOUND before the first piece
     pixel_nm = session["pixel_size_nm"]
     frames, summary, _ = engine.statistics(session_id)
+    yield from _pieces("detections.csv", "text/csv", _detections_csv(engine, session_id, frames))
+    if HAVE_PARQUET:
+        with tempfile.TemporaryFile() as spool:
+            _detections_parquet(engine, session_id, frames, spool)
+            spool.seek(0)
+            yield from _pieces(
+                "detections.parquet", PARQUET, iter(functools.partial(spool.read, CHUNK_BYTES), b"")
+            )
     detections = engine.store.detections(session_id)
     tracks = engine.tracks(session_id)
     sizes = statistics.size_histogram(detections, pixel_nm)
     lifetimes = statistics.lifetime_histogram(tracks)
     tables = {
-        "detections": detections,
         "tracks": tracks,
         "frame_statistics": frames,
         "size_histogram": sizes,
         "lifetime_histogram": lifetimes,
     }
-    files = [
-        ExportedFile(f"{name}.csv", "text/csv", table.to_csv(index=False).encode())
-        for name, table in tables.items()
-    ]
-    if HAVE_PARQUET:
-        files += [
-            ExportedFile(f"{name}.parquet", "application/vnd.apache.parquet", table.to_parquet(index=False))
-            for name, table in tables.items()
-        ]
+    for name, table in tables.items():
+        yield from _pieces(f"{name}.csv", "text/csv", [table.to_csv(index=False).encode()])
+        if HAVE_PARQUET:
+            yield from _pieces(f"{name}.parquet", PARQUET, [table.to_parquet(index=False)])
     # Strict JSON has no NaN: undefined numbers (e.g. no track has ended yet) become null.
     summary = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
     meta = {**session, "summary": summary}
-    files.append(
-        ExportedFile("session.json", "application/json", json.dumps(meta, indent=2, default=str).encode())
-    )
-    files += [
-        ExportedFile("density_size_vs_time.png", "image/png", plot_series(frames, "timestamp_s", "time (s)")),
-        ExportedFile(
-            "density_size_vs_fluence.png",
-            "image/png",
-            plot_series(frames, "fluence_ions_cm2", "fluence (ions/cm²)"),
-        ),
-        ExportedFile("size_histogram.png", "image/png", plot_size_histogram(sizes)),
-        ExportedFile("lifetime_histogram.png", "image/png", plot_lifetime_histogram(lifetimes)),
-        ExportedFile("tracks.png", "image/png", plot_tracks(detections, frames)),
-    ]
-    return files
+    yield from _pieces("session.json", "application/json", [json.dumps(meta, indent=2, default=str).encode()])
+    plots = {
+        "density_size_vs_time.png": lambda: plot_series(frames, "timestamp_s", "time (s)"),
+        "density_size_vs_fluence.png": lambda: plot_series(frames, "fluence_ions_cm2", "fluence (ions/cm²)"),
+        "size_histogram.png": lambda: plot_size_histogram(sizes),
+        "lifetime_histogram.png": lambda: plot_lifetime_histogram(lifetimes),
+        "tracks.png": lambda: plot_tracks(detections, frames),
+    }
+    for name, plot in plots.items():
+        yield from _pieces(name, "image/png", [plot()])
+
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+def _pieces(name: str, media_type: str, blocks: Iterable[bytes]) -> Iterator[ExportChunk]:
+    """``blocks`` as chunks of at most ``CHUNK_BYTES``, the last one marked (an empty file: one)."""
+    pending = b""
+    for block in blocks:
+        pending += block
+        while len(pending) > CHUNK_BYTES:
+            yield ExportChunk(name, media_type, pending[:CHUNK_BYTES], False)
+            pending = pending[CHUNK_BYTES:]
+    yield ExportChunk(name, media_type, pending, True)
+
+
+def _frame_batches(frames: pd.DataFrame) -> Iterator[tuple[int, int]]:
+    """(first, last) frame indices of consecutive frames holding about ``DETECTIONS_PER_READ`` loops."""
+    if frames.empty:
+        return
+    index, loops = frames.frame_index.to_numpy(), frames.loop_count.to_numpy()
+    batch = np.cumsum(loops) // DETECTIONS_PER_READ
+    for b in np.unique(batch):
+        chosen = index[batch == b]
+        yield int(chosen[0]), int(chosen[-1])
+
+
+def _detection_reads(engine: TrackerEngine, session_id: str, frames: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    for first, last in _frame_batches(frames):
+        yield engine.store.detections(session_id, first, last)
+
+
+def _detections_csv(engine: TrackerEngine, session_id: str, frames: pd.DataFrame) -> Iterator[bytes]:
+    header = True
+    for part in _detection_reads(engine, session_id, frames):
+        yield part.to_csv(index=False, header=header).encode()
+        header = False
+    if header:  # no frame: the header alone
+        yield engine.store.detections(session_id).to_csv(index=False).encode()
+
+
+def _detections_parquet(engine: TrackerEngine, session_id: str, frames: pd.DataFrame, sink) -> None:
+    writer = None
+    for part in _detection_reads(engine, session_id, frames):
+        table = pyarrow.Table.from_pandas(part, preserve_index=False)
+        writer = writer or pyarrow.parquet.ParquetWriter(sink, table.schema)
+        writer.write_table(table)
+    if writer is None:
+        engine.store.detections(session_id).to_parquet(sink, index=False)
+    else:
+        writer.close()
 
 
 def _png(fig: Figure) -> bytes:

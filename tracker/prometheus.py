@@ -9,23 +9,43 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from loopstream.tracker.engine import IngestResult
+from loopstream.tracker.engine import REJECTIONS, IngestResult
+from loopstream.tracker.store import STORE_ERROR_KINDS
 from loopstream.v1 import tracker_pb2 as pb
 
 RATE_WINDOW_S = 10.0
+# Label values come only from sessions' stored, validated fields; past this many distinct
+# microscopes the rest share the label "other", so no client can grow /metrics without bound.
+MAX_MICROSCOPE_LABELS = 64
 
 
 class TrackerMetrics:
     def __init__(self, open_sessions: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
-        # Labels: microscope = the session's microscope_id, arm = the model version that made the
-        # detections ("" = Triton's latest); both few per facility.
+        # Labels: microscope = the session's microscope_id, arm = the session's stored model version
+        # ("" = Triton's latest); both validated at OpenSession and few per facility.
         self.frames = Counter(
             "loopstream_tracker_frames",
-            "Frames received, by outcome (accepted, duplicate, rejected)",
+            "Frames stored or acknowledged as duplicates, by outcome (accepted, duplicate)",
             ["microscope", "arm", "outcome"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "loopstream_tracker_frames_rejected",
+            "Frames not stored, by reason (engine.REJECTIONS); no label comes from the frame",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REJECTIONS:
+            self.rejected.labels(reason)
+        self.store_errors = Counter(
+            "loopstream_tracker_store_errors",
+            "Failed store writes, by kind (full: database or disk is full; io; corrupt; other)",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in STORE_ERROR_KINDS:
+            self.store_errors.labels(kind)
         self.detections = Counter(
             "loopstream_tracker_detections",
             "Loops in accepted frames",
@@ -67,25 +87,36 @@ class TrackerMetrics:
             registry=self.registry,
         ).set_function(self._rate)
         self._stored: collections.deque[float] = collections.deque()
+        self._microscopes: set[str] = set()
         self._lock = threading.Lock()
+
+    def _microscope(self, microscope_id: str) -> str:
+        with self._lock:
+            if microscope_id in self._microscopes or len(self._microscopes) < MAX_MICROSCOPE_LABELS:
+                self._microscopes.add(microscope_id)
+                return microscope_id
+        return "other"
 
     def on_frame(self, result: IngestResult, frame: pb.FrameDetections, seconds: float) -> None:
         """Count one acknowledged frame; ``seconds`` from its arrival to its ack."""
-        outcome = "duplicate" if result.duplicate else "accepted" if result.accepted else "rejected"
-        arm = frame.model_version
-        self.frames.labels(result.microscope_id, arm, outcome).inc()
         self.frame_latency.observe(seconds)
-        if outcome == "accepted":
-            self.detections.labels(result.microscope_id, arm).inc(len(frame.loops))
-            if frame.latency_s > 0:
-                self.inference_latency.labels(arm).observe(frame.latency_s)
-            if frame.HasField("shadow"):
-                self.shadow_f1.labels(arm, frame.shadow.model_version).observe(frame.shadow.f1)
-            now = time.monotonic()
-            with self._lock:
-                self._stored.append(now)
-                while self._stored and self._stored[0] < now - RATE_WINDOW_S:
-                    self._stored.popleft()
+        if not result.accepted:
+            self.rejected.labels(result.rejection).inc()
+            return
+        microscope, arm = self._microscope(result.microscope_id), result.arm
+        self.frames.labels(microscope, arm, "duplicate" if result.duplicate else "accepted").inc()
+        if result.duplicate:
+            return
+        self.detections.labels(microscope, arm).inc(len(frame.loops))
+        if frame.latency_s > 0:
+            self.inference_latency.labels(arm).observe(frame.latency_s)
+        if frame.HasField("shadow"):
+            self.shadow_f1.labels(arm, result.shadow_arm).observe(frame.shadow.f1)
+        now = time.monotonic()
+        with self._lock:
+            self._stored.append(now)
+            while self._stored and self._stored[0] < now - RATE_WINDOW_S:
+                self._stored.popleft()
 
     def _rate(self) -> float:
         now = time.monotonic()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ from loopstream.tracker.auth import BearerTokenInterceptor
 from loopstream.tracker.engine import Defaults, TrackerEngine
 from loopstream.tracker.prometheus import TrackerMetrics
 from loopstream.tracker.rollout import PolicyFile
-from loopstream.tracker.service import TrackerService
+from loopstream.tracker.service import StreamLimits, TrackerService
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2, tracker_pb2_grpc
 
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["Tracker"].full_name
 log = logging.getLogger("loopstream.tracker")
+UNARY_WORKERS = 16  # threads only unary calls (and health) can use
+STORE_PROBE_S = 1.0  # how often readiness re-checks a store that could not write
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,17 @@ class ServerConfig:
     tls_cert: str | None = None  # PEM paths; both or neither
     tls_key: str | None = None
     defaults: Defaults = field(default_factory=Defaults)
-    max_workers: int = 32  # every open stream holds one worker thread
     # The largest message a client may send (a frame's detections): gRPC's default, stated so the
     # client's --tracker-max-message-bytes can match it. A larger one ends the client's stream with
     # RESOURCE_EXHAUSTED, and the client fails that frame.
     max_message_bytes: int = 4 * 1024 * 1024
+    # Every open stream holds a worker thread: the pool has one per allowed watcher and detection
+    # stream plus UNARY_WORKERS, so no number of open streams can starve unary calls and health.
+    max_watchers: int = 256
+    max_detection_streams: int = 64
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
     ab_policy: str | None = None  # JSON file of model versions and weights; None = the defaults
+    check_integrity: bool = True  # PRAGMA quick_check before serving (reads the whole store)
 
 
 @dataclass
@@ -54,9 +61,11 @@ class RunningTracker:
     health: health.HealthServicer
     metrics: TrackerMetrics
     _http: object | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace_s: float = 3.0) -> None:
         """Stop accepting, let in-flight calls (and commits) finish within ``grace_s``, close the store."""
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.engine.shutdown()
         self.server.stop(grace_s).wait()
@@ -68,18 +77,26 @@ class RunningTracker:
 
 def serve(config: ServerConfig) -> RunningTracker:
     """Start a tracker and return it with its bound ports."""
-    store = Store(config.db, config.synchronous)
+    store = Store(config.db, config.synchronous, config.check_integrity)
     policy = PolicyFile(config.ab_policy) if config.ab_policy else None  # re-read when the file changes
     engine = TrackerEngine(store, config.defaults, assign=policy.assign if policy else None)
     metrics = TrackerMetrics(engine.open_sessions)
     engine.on_commit = metrics.commit_latency.observe
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    workers = config.max_watchers + config.max_detection_streams + UNARY_WORKERS
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        futures.ThreadPoolExecutor(max_workers=workers),
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", config.max_message_bytes)],
     )
-    tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerService(engine, metrics.on_frame, policy), server)
+    service = TrackerService(
+        engine,
+        metrics.on_frame,
+        policy,
+        on_store_error=lambda kind: metrics.store_errors.labels(kind).inc(),
+        limits=StreamLimits(config.max_watchers, config.max_detection_streams),
+    )
+    tracker_pb2_grpc.add_TrackerServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -103,4 +120,23 @@ def serve(config: ServerConfig) -> RunningTracker:
     if config.metrics_port >= 0:
         http = metrics.serve_http(config.host, config.metrics_port)
         metrics_port = http.server_port
-    return RunningTracker(server, port, metrics_port, engine, health_servicer, metrics, http)
+    running = RunningTracker(server, port, metrics_port, engine, health_servicer, metrics, http)
+    threading.Thread(target=_readiness, args=(running,), name="store-readiness", daemon=True).start()
+    return running
+
+
+def _readiness(running: RunningTracker) -> None:
+    """The Tracker service is NOT_SERVING while the store cannot write (e.g. the disk is full): a
+    readiness probe on it takes the tracker out of rotation; the server itself ("") stays SERVING,
+    so a liveness probe does not restart a tracker that a restart would not help."""
+    store, ready = running.engine.store, True
+    while not running._stopping.wait(STORE_PROBE_S):
+        if store.write_error is not None:
+            store.probe_write()
+        now = store.write_error is None
+        if now != ready:
+            serving = health_pb2.HealthCheckResponse
+            running.health.set(SERVICE_NAME, serving.SERVING if now else serving.NOT_SERVING)
+            message = "store writable again" if now else "store cannot write: not ready"
+            log.warning(message, extra={"error": store.write_error})
+            ready = now

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import math
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
 import pandas as pd
@@ -16,6 +20,7 @@ from loopstream.core.detections import LOOP_COLUMNS, decode_loops
 from loopstream.tracker import export
 from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
 from loopstream.tracker.rollout import PolicyFile
+from loopstream.tracker.store import store_error_kind, store_error_sentence
 from loopstream.tracker.validation import FrameInput, ShadowInput
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
@@ -95,10 +100,26 @@ def _summary_message(summary: dict) -> pb.SessionSummary:
     )
 
 
-def _status_codes(method):
-    """Domain errors as gRPC status: unknown session -> NOT_FOUND, bad argument -> INVALID_ARGUMENT."""
+_STORE_STATUS = {
+    "full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "io": grpc.StatusCode.UNAVAILABLE,
+    "corrupt": grpc.StatusCode.DATA_LOSS,
+    "busy": grpc.StatusCode.UNAVAILABLE,
+    "other": grpc.StatusCode.INTERNAL,
+}
 
-    def abort(context: grpc.ServicerContext, error: Exception) -> None:
+
+def _status_codes(method):
+    """Domain errors as gRPC status, each with a sentence: unknown session -> NOT_FOUND, bad
+    argument -> INVALID_ARGUMENT, a store error -> its status by kind (``_STORE_STATUS``)."""
+
+    def abort(self: TrackerService, context: grpc.ServicerContext, error: Exception) -> None:
+        if isinstance(error, sqlite3.Error):
+            kind = store_error_kind(error)
+            log.error("store error", extra={"method": method.__name__, "kind": kind, "error": str(error)})
+            if self.on_store_error is not None:
+                self.on_store_error(kind)
+            context.abort(_STORE_STATUS[kind], store_error_sentence(error))
         code = (
             grpc.StatusCode.NOT_FOUND
             if isinstance(error, SessionNotFound)
@@ -112,8 +133,8 @@ def _status_codes(method):
         def streaming(self, request, context):
             try:
                 yield from method(self, request, context)
-            except (SessionNotFound, ValueError) as e:
-                abort(context, e)
+            except (SessionNotFound, ValueError, sqlite3.Error) as e:
+                abort(self, context, e)
 
         return streaming
 
@@ -121,10 +142,45 @@ def _status_codes(method):
     def unary(self, request, context):
         try:
             return method(self, request, context)
-        except (SessionNotFound, ValueError) as e:
-            abort(context, e)
+        except (SessionNotFound, ValueError, sqlite3.Error) as e:
+            abort(self, context, e)
 
     return unary
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How many long-lived streams of each kind may be open at once (each holds a worker thread)."""
+
+    watchers: int = 256
+    detection_streams: int = 64
+
+
+class _Slots:
+    """A counter of open streams of one kind, refusing one past its limit."""
+
+    def __init__(self, kind: str, limit: int, flag: str) -> None:
+        self.kind, self.limit, self.flag = kind, limit, flag
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, context: grpc.ServicerContext) -> Iterator[None]:
+        with self._lock:
+            full = self._open >= self.limit
+            if not full:
+                self._open += 1
+        if full:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.limit} {self.kind} are open, the tracker's limit ({self.flag}): close one, or "
+                "retry later",
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
 
 
 class TrackerService(pb_grpc.TrackerServicer):
@@ -133,10 +189,17 @@ class TrackerService(pb_grpc.TrackerServicer):
         engine: TrackerEngine,
         on_frame: Callable[[IngestResult, pb.FrameDetections, float], None] | None = None,
         policy: PolicyFile | None = None,
+        on_store_error: Callable[[str], None] | None = None,
+        limits: StreamLimits = StreamLimits(),
     ) -> None:
         self.engine = engine
         self.on_frame = on_frame  # metrics hook: (result, the frame's message, seconds from receipt to ack)
         self.policy = policy  # the A/B policy sessions are assigned by; None = the engine's defaults
+        self.on_store_error = on_store_error  # metrics hook: the kind of a failed store operation
+        self._watchers = _Slots("WatchStatistics streams", limits.watchers, "--max-watchers")
+        self._streams = _Slots(
+            "StreamDetections streams", limits.detection_streams, "--max-detection-streams"
+        )
 
     @_status_codes
     def OpenSession(self, request: pb.SessionSpec, context: grpc.ServicerContext) -> pb.Session:
@@ -161,15 +224,37 @@ class TrackerService(pb_grpc.TrackerServicer):
     def StreamDetections(
         self, request_iterator: Iterator[pb.FrameDetections], context: grpc.ServicerContext
     ) -> Iterator[pb.Ack]:
+        with self._streams.hold(context):
+            yield from self._acks(request_iterator)
+
+    def _acks(self, request_iterator: Iterator[pb.FrameDetections]) -> Iterator[pb.Ack]:
         for msg in request_iterator:
             received = time.perf_counter()
             try:
                 result = self.engine.ingest(frame_input(msg))
-            except Exception as e:  # e.g. disk full: this frame fails, the stream and the session go on
+            except sqlite3.Error as e:  # e.g. disk full: this frame fails, the stream and the session go on
+                kind = store_error_kind(e)
+                log.error(
+                    "frame not stored",
+                    extra={
+                        "session_id": msg.session_id,
+                        "frame_index": msg.frame_index,
+                        "kind": kind,
+                        "error": str(e),
+                    },
+                )
+                if self.on_store_error is not None:
+                    self.on_store_error(kind)
+                result = IngestResult(False, error=store_error_sentence(e), rejection="store")
+            except Exception as e:  # a bug: this frame fails, the stream goes on
                 log.exception(
                     "frame not stored", extra={"session_id": msg.session_id, "frame_index": msg.frame_index}
                 )
-                result = IngestResult(False, error=f"internal error, frame not stored ({e}): resend it later")
+                result = IngestResult(
+                    False,
+                    error=f"internal error, frame not stored ({e}): resend it later",
+                    rejection="internal",
+                )
             if self.engine.closing and not result.accepted:
                 # Refused only because we are stopping: no ack, so the client resends it to the
                 # restarted tracker (an end of the stream it did not ask for is its cue to reconnect).
@@ -218,6 +303,10 @@ class TrackerService(pb_grpc.TrackerServicer):
     def WatchStatistics(
         self, request: pb.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FrameStatistics]:
+        with self._watchers.hold(context):
+            yield from self._watch(request, context)
+
+    def _watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.FrameStatistics]:
         self.engine.session(request.session_id)
         next_frame = request.from_frame
         while context.is_active():
@@ -269,9 +358,14 @@ class TrackerService(pb_grpc.TrackerServicer):
         return reply
 
     @_status_codes
-    def ExportSession(self, request: pb.ExportRequest, context: grpc.ServicerContext) -> pb.ExportReply:
-        files = export.export_session(self.engine, request.session_id)
-        return pb.ExportReply(
-            session_id=request.session_id,
-            files=[pb.ExportedFile(name=f.name, media_type=f.media_type, content=f.content) for f in files],
-        )
+    def ExportSession(
+        self, request: pb.ExportRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportChunk]:
+        for chunk in export.export_session(self.engine, request.session_id):
+            yield pb.ExportChunk(
+                session_id=request.session_id,
+                name=chunk.name,
+                media_type=chunk.media_type,
+                data=chunk.data,
+                last=chunk.last,
+            )

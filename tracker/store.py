@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -172,13 +173,71 @@ def _migration_3(db: sqlite3.Connection) -> None:
     db.execute("DROP INDEX detections_by_track")
 
 
+# Migration 4: the hash of what each frame stores (validation.content_hash), so a resend with other
+# content is told apart from a duplicate; NULL for frames stored before.
+CONTENT_HASH_COLUMN = "content_sha256"
+_INTEGER_COLUMNS = {
+    "sid",
+    "frame_index",
+    "ordinal",
+    "width_px",
+    "height_px",
+    "loop_count",
+    "linked_count",
+    "shadow_candidate_loop_count",
+    "shadow_matched",
+    NEXT_TRACK_COLUMN,
+    "loop_index",
+    "track_id",
+    "track_detections",
+}
+_V4_FRAME_COLUMNS = [*_V1_FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN]  # frozen, as _V1_*
+_V4_DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS]  # frozen
+
+
+def _sql_type(column: str) -> str:
+    if column in _INTEGER_COLUMNS:
+        return "INTEGER"
+    return "TEXT" if column.endswith(("_name", "_version")) else "REAL"
+
+
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Integers as INTEGER (they were REAL: 2^53 + 1 read back as 2^53) and the frames' content hash.
+
+    SQLite cannot change a column's type in place: both tables are copied (~1 min per GB, once);
+    REAL values that are whole numbers become INTEGER on the way (column affinity).
+    """
+    frames = ", ".join(f"{c} {_sql_type(c)}" for c in _V4_FRAME_COLUMNS)
+    db.execute(
+        f"""CREATE TABLE frames_v4 (
+            sid INTEGER NOT NULL REFERENCES sessions(sid), {frames}, {CONTENT_HASH_COLUMN} BLOB,
+            PRIMARY KEY (sid, frame_index)) WITHOUT ROWID"""
+    )
+    detections = ", ".join(f"{c} {_sql_type(c)}" for c in _V4_DETECTION_COLUMNS)
+    db.execute(
+        f"""CREATE TABLE detections_v4 (sid INTEGER NOT NULL, {detections},
+            PRIMARY KEY (sid, frame_index, loop_index)) WITHOUT ROWID"""
+    )
+    for table, columns in (("frames", _V4_FRAME_COLUMNS), ("detections", _V4_DETECTION_COLUMNS)):
+        names = ", ".join(["sid", *columns])
+        db.execute(f"INSERT INTO {table}_v4 ({names}) SELECT {names} FROM {table}")
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_v4 RENAME TO {table}")
+    db.execute("CREATE UNIQUE INDEX frames_by_ordinal ON frames (sid, ordinal)")
+
+
 # Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid
 
 
-_STORED_FRAME_COLUMNS = ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN]
+_STORED_FRAME_COLUMNS = ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN, CONTENT_HASH_COLUMN]
 _INSERT_FRAME_SQL = (
     f"INSERT OR IGNORE INTO frames ({', '.join(_STORED_FRAME_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _STORED_FRAME_COLUMNS)})"
@@ -196,7 +255,48 @@ def _insert_detections_sql(n_rows: int) -> str:
 
 
 class StoreError(RuntimeError):
-    """The store cannot be used (e.g. written by a newer tracker)."""
+    """The store cannot be used (e.g. written by a newer tracker, or damaged)."""
+
+
+STORE_ERROR_KINDS = ("full", "io", "corrupt", "busy", "other")
+READER_CACHE_KIB = 256  # SQLite's default is 2 MiB per connection
+MIN_FREE_BYTES = 1 << 20  # free space the volume needs before a store that failed a write is ready again
+
+
+def store_error_kind(error: sqlite3.Error) -> str:
+    """Which of ``STORE_ERROR_KINDS`` an SQLite error is (from its extended result code's name)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return "full"
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return "corrupt"
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
+        return "io"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return "busy"
+    return "other"
+
+
+def store_error_sentence(error: sqlite3.Error) -> str:
+    """What a client is told about a failed store operation: the real cause and what to do."""
+    advice = {
+        "full": "the tracker's volume has no space left: nothing was stored; the operator must free "
+        "or grow it, then resend",
+        "io": "the tracker cannot read or write its store file (I/O error): nothing was stored; the "
+        "operator must check the volume, then resend",
+        "corrupt": "the tracker's store file is damaged: the operator must restore it from a backup "
+        "(sqlite3 .recover saves what is readable)",
+        "busy": "the store is locked by another process: retry in a few seconds",
+        "other": "nothing was stored; retry later, and report it if it persists",
+    }[store_error_kind(error)]
+    return f"store error ({error}): {advice}"
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is still open: after SQLITE_FULL or an I/O error SQLite has already rolled the
+    transaction back, and a second ROLLBACK would replace the real cause by "no transaction is active"."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 @dataclass(frozen=True)
@@ -208,9 +308,11 @@ class SessionProgress:
 class Store:
     """All persistent state of a tracker."""
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL", check_integrity: bool = True) -> None:
         """``synchronous``: FULL (fsync every commit: survives power loss) or NORMAL (WAL: survives
-        a crash of the process, not of the machine; about twice the frames/s)."""
+        a crash of the process, not of the machine; about twice the frames/s).
+        ``check_integrity``: run ``PRAGMA quick_check`` first (reads the whole file: ~seconds per GB)
+        and refuse a damaged store rather than serve errors from it later."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous = {synchronous!r}: use FULL or NORMAL")
         self.path = str(path)
@@ -221,11 +323,28 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self.write_error: str | None = None  # the last failed write's cause, until a write succeeds
         try:
+            if check_integrity:
+                self._check_integrity()
             self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _check_integrity(self) -> None:
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.DatabaseError as e:
+            if store_error_kind(e) != "corrupt" or "not a database" in str(e):
+                raise  # not a store at all: the caller says so
+            problems = [str(e)]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{self.path} is damaged (SQLite quick_check: {'; '.join(problems)}): restore it from a "
+                f"backup or recover what is readable with `sqlite3 {self.path} .recover`; "
+                "--skip-integrity-check starts on it anyway (reads of damaged pages will fail)"
+            )
 
     def _migrate(self) -> None:
         with self._lock:
@@ -252,7 +371,7 @@ class Store:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             if version and version < SCHEMA_VERSION:
                 log.info(
@@ -270,6 +389,9 @@ class Store:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # One reader per server thread (hundreds with open watchers): a small page cache each
+            # bounds their memory (READER_CACHE_KIB x threads); the OS caches the file anyway.
+            reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             self._local.reader = reader
             with self._lock:
                 self._readers.append(reader)
@@ -326,13 +448,13 @@ class Store:
 
     # -- frames -----------------------------------------------------------------------------
 
-    def has_frame(self, session_id: str, frame_index: int) -> bool:
-        return bool(
-            self._read(
-                f"SELECT 1 FROM frames WHERE sid = {_SID} AND frame_index = ?",
-                (session_id, frame_index),
-            )
+    def frame_hash(self, session_id: str, frame_index: int) -> bytes | None:
+        """The stored frame's content hash, b"" when stored before hashes were kept, None when not stored."""
+        rows = self._read(
+            f"SELECT {CONTENT_HASH_COLUMN} FROM frames WHERE sid = {_SID} AND frame_index = ?",
+            (session_id, frame_index),
         )
+        return (rows[0][0] or b"") if rows else None
 
     def commit_frame(self, session_id: str, frame: dict, detections: np.ndarray) -> bool:
         """Store one frame and its detections (rows of ``STORED_DETECTION_COLUMNS``) atomically.
@@ -352,10 +474,11 @@ class Store:
                         *(frame[c] for c in FRAME_COLUMNS),
                         *(frame.get(c) for c in AB_FRAME_COLUMNS),
                         frame[NEXT_TRACK_COLUMN],
+                        frame.get(CONTENT_HASH_COLUMN),
                     ],
                 )
                 if cur.rowcount == 0:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     return False
                 # A session the tracker left on "latest" runs on the version its client pinned at
                 # open; the first frame says which, and the session records it from then on.
@@ -368,10 +491,38 @@ class Store:
                     chunk = rows[start : start + _ROWS_PER_INSERT]
                     db.execute(_insert_detections_sql(len(chunk)), chunk.ravel().tolist())
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except sqlite3.OperationalError as e:  # disk full, I/O error: readiness fails until a write works
+                _rollback(db)
+                self.write_error = str(e)
                 raise
+            except BaseException:
+                _rollback(db)
+                raise
+            self.write_error = None
         return True
+
+    def probe_write(self) -> bool:
+        """Whether the store can write again after a failed write (clears ``write_error`` when so).
+
+        A small commit alone would not say it: a failed transaction may leave the WAL file longer
+        than what it holds, and a probe fits in that tail while the disk is still full. So the
+        volume must also have ``MIN_FREE_BYTES`` free.
+        """
+        with self._lock:
+            try:
+                stats = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+                if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
+                    return False
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("UPDATE schema_version SET version = version")
+                self._db.execute("COMMIT")
+            except (sqlite3.Error, OSError) as e:
+                if isinstance(e, sqlite3.Error):
+                    _rollback(self._db)
+                self.write_error = str(e)
+                return False
+            self.write_error = None
+            return True
 
     def frames(self, session_id: str, from_frame: int = 0, to_frame: int | None = None) -> pd.DataFrame:
         """Stored frames with their statistics, by frame index (``to_frame`` inclusive)."""

@@ -23,6 +23,7 @@ from loopstream.client.sources import DirectorySource, SimulatorSource
 from loopstream.client.tracker_link import auth_metadata
 from loopstream.core.simulator import SimulationConfig
 from loopstream.dev.stack import LocalStack
+from loopstream.tracker.client import TrackerClient
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -78,17 +79,11 @@ def run_session(stack: LocalStack, spec: pb.SessionSpec, source, every: int) -> 
 
 def export(stack: LocalStack, session_id: str, folder: Path) -> list[Path]:
     """Write the tracker's export of a session (CSV tables, PNG plots) into ``folder``."""
-    with grpc.insecure_channel(stack.tracker_url) as channel:
-        reply = pb_grpc.TrackerStub(channel).ExportSession(
-            pb.ExportRequest(session_id=session_id), metadata=auth_metadata(stack.token), timeout=120
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for exported in reply.files:
-        path = folder / exported.name
-        path.write_bytes(exported.content)
-        written.append(path)
-    return written
+    client = TrackerClient(stack.tracker_url, stack.token)
+    try:
+        return client.export(session_id, folder)
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -368,20 +368,16 @@ class WatchRequest(_message.Message):
     from_frame: int
     def __init__(self, session_id: _Optional[str] = ..., from_frame: _Optional[int] = ...) -> None: ...
 
-class ExportedFile(_message.Message):
-    __slots__ = ("name", "media_type", "content")
+class ExportChunk(_message.Message):
+    __slots__ = ("session_id", "name", "media_type", "data", "last")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
-    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
     name: str
     media_type: str
-    content: bytes
-    def __init__(self, name: _Optional[str] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
-
-class ExportReply(_message.Message):
-    __slots__ = ("session_id", "files")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    FILES_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    files: _containers.RepeatedCompositeFieldContainer[ExportedFile]
-    def __init__(self, session_id: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ExportedFile, _Mapping]]] = ...) -> None: ...
+    data: bytes
+    last: bool
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., media_type: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...

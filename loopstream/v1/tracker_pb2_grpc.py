@@ -69,10 +69,10 @@ class TrackerStub:
                 request_serializer=loopstream_dot_v1_dot_tracker__pb2.TracksRequest.SerializeToString,
                 response_deserializer=loopstream_dot_v1_dot_tracker__pb2.TracksReply.FromString,
                 _registered_method=True)
-        self.ExportSession = channel.unary_unary(
+        self.ExportSession = channel.unary_stream(
                 '/loopstream.v1.Tracker/ExportSession',
                 request_serializer=loopstream_dot_v1_dot_tracker__pb2.ExportRequest.SerializeToString,
-                response_deserializer=loopstream_dot_v1_dot_tracker__pb2.ExportReply.FromString,
+                response_deserializer=loopstream_dot_v1_dot_tracker__pb2.ExportChunk.FromString,
                 _registered_method=True)
         self.WatchStatistics = channel.unary_stream(
                 '/loopstream.v1.Tracker/WatchStatistics',
@@ -138,7 +138,8 @@ class TrackerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSession(self, request, context):
-        """CSV tables and PNG plots of a session, ready to write to disk.
+        """CSV (and Parquet) tables and PNG plots of a session, streamed in pieces ready to write to disk
+        (loopstream-tracker export writes them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,10 +204,10 @@ def add_TrackerServicer_to_server(servicer, server):
                     request_deserializer=loopstream_dot_v1_dot_tracker__pb2.TracksRequest.FromString,
                     response_serializer=loopstream_dot_v1_dot_tracker__pb2.TracksReply.SerializeToString,
             ),
-            'ExportSession': grpc.unary_unary_rpc_method_handler(
+            'ExportSession': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportSession,
                     request_deserializer=loopstream_dot_v1_dot_tracker__pb2.ExportRequest.FromString,
-                    response_serializer=loopstream_dot_v1_dot_tracker__pb2.ExportReply.SerializeToString,
+                    response_serializer=loopstream_dot_v1_dot_tracker__pb2.ExportChunk.SerializeToString,
             ),
             'WatchStatistics': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchStatistics,
@@ -434,12 +435,12 @@ class Tracker:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/loopstream.v1.Tracker/ExportSession',
             loopstream_dot_v1_dot_tracker__pb2.ExportRequest.SerializeToString,
-            loopstream_dot_v1_dot_tracker__pb2.ExportReply.FromString,
+            loopstream_dot_v1_dot_tracker__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,
