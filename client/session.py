@@ -24,6 +24,7 @@ import grpc
 
 from loopstream.client.backpressure import FrameGate, Policy
 from loopstream.client.inference import FrameResult, InferenceStream, pinned_version
+from loopstream.client.preview import DEFAULT_SIDE_PX, preview_message
 from loopstream.client.shadow import ShadowJoin, agreement
 from loopstream.client.sources import Frame
 from loopstream.client.tracker_link import DetectionStream, auth_metadata, loops_message, open_channel
@@ -45,6 +46,8 @@ class Endpoints:
     buffer_frames: int = 16  # drop-oldest: frames waiting beyond the in-flight window
     target_fps: float | None = None  # decimate: frames/s of acquisition time to analyse
     shared_memory: bool = False  # frames through system shared memory (client and Triton on one host)
+    preview_every: int = 0  # send a preview for the web view with every N-th stored frame; 0 = never
+    preview_px: int = DEFAULT_SIDE_PX  # its long side (the tracker keeps at most 512 px)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class MicroscopeSession:
         self.report = SessionReport()
         self._lock = threading.Lock()
         self._frame_shapes: dict[int, tuple[int, int]] = {}
+        self._forwarded = 0  # frames sent to the tracker: every preview_every-th carries a preview
         channel = open_channel(endpoints.tracker)
         try:
             self.session = pb_grpc.TrackerStub(channel).OpenSession(
@@ -218,6 +222,10 @@ class MicroscopeSession:
             loops=loops_message(detections),
             latency_s=result.latency_s,
         )
+        every = self.endpoints.preview_every
+        if every > 0 and self._forwarded % every == 0:
+            message.preview.CopyFrom(preview_message(frame.image, self.endpoints.preview_px))
+        self._forwarded += 1
         if candidate is not None:
             with self._lock:
                 self.report.shadowed += 1
@@ -254,6 +262,8 @@ class MicroscopeSession:
                 # A duplicate was stored before a reconnect lost its first acknowledgement.
                 self.report.frames_stored += 1
                 self.report.resent_duplicates += int(ack.duplicate)
+                if ack.error:  # stored, with a remark (e.g. a preview out of bounds was dropped)
+                    log.warning("tracker on frame %d: %s", ack.frame_index, ack.error)
             else:
                 self.report.failed.append(f"tracker rejected frame {ack.frame_index}: {ack.error}")
 

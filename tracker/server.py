@@ -17,9 +17,11 @@ from grpc_reflection.v1alpha import reflection
 from loopstream.tracker.auth import BearerTokenInterceptor
 from loopstream.tracker.engine import Defaults, TrackerEngine
 from loopstream.tracker.metrics import TrackerMetrics
+from loopstream.tracker.previews import LatestPreviews
 from loopstream.tracker.rollout import PolicyFile
 from loopstream.tracker.service import TrackerService
 from loopstream.tracker.store import Store
+from loopstream.tracker.webview import WebView
 from loopstream.v1 import tracker_pb2, tracker_pb2_grpc
 
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["Tracker"].full_name
@@ -39,6 +41,8 @@ class ServerConfig:
     max_workers: int = 32  # every open stream holds one worker thread
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
     ab_policy: str | None = None  # JSON file of model versions and weights; None = the defaults
+    view_port: int = -1  # the live web view (HTTP, HTTPS with TLS); 0 = ephemeral, -1 = off
+    viewer_token: str | None = None  # read-only token of the web view (the gRPC API refuses it)
 
 
 @dataclass
@@ -50,11 +54,19 @@ class RunningTracker:
     health: health.HealthServicer
     metrics: TrackerMetrics
     _http: object | None = None
+    view: WebView | None = None
+
+    @property
+    def view_port(self) -> int:
+        """The web view's port; -1 when off."""
+        return self.view.port if self.view is not None else -1
 
     def stop(self, grace_s: float = 3.0) -> None:
         """Stop accepting, let in-flight calls (and commits) finish within ``grace_s``, close the store."""
         self.health.enter_graceful_shutdown()
         self.engine.shutdown()
+        if self.view is not None:
+            self.view.stop()  # ends the live streams, so nothing reads the store while it closes
         self.server.stop(grace_s).wait()
         if self._http is not None:
             self._http.shutdown()
@@ -73,7 +85,20 @@ def serve(config: ServerConfig) -> RunningTracker:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers), interceptors=interceptors
     )
-    tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerService(engine, metrics.on_frame, policy), server)
+    previews = LatestPreviews()
+    view = None
+    on_frame = metrics.on_frame
+    if config.view_port >= 0:
+        tokens = [t for t in (config.token, config.viewer_token) if t]
+        view = WebView(engine, previews, tokens, metrics.registry)
+
+        def on_frame(result, frame, seconds) -> None:
+            metrics.on_frame(result, frame, seconds)
+            view.on_frame(result, frame, seconds)
+
+    tracker_pb2_grpc.add_TrackerServicer_to_server(
+        TrackerService(engine, on_frame, policy, previews if view is not None else None), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -93,8 +118,15 @@ def serve(config: ServerConfig) -> RunningTracker:
     if port == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     server.start()
+    if view is not None:
+        try:
+            tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+            view.start(config.host, config.view_port, tls)
+        except BaseException:
+            server.stop(0)
+            raise
     http, metrics_port = None, -1
     if config.metrics_port >= 0:
         http = metrics.serve_http(config.host, config.metrics_port)
         metrics_port = http.server_port
-    return RunningTracker(server, port, metrics_port, engine, health_servicer, metrics, http)
+    return RunningTracker(server, port, metrics_port, engine, health_servicer, metrics, http, view)

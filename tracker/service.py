@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -16,6 +17,7 @@ import pandas as pd
 
 from loopstream.tracker import export
 from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
+from loopstream.tracker.previews import LatestPreviews
 from loopstream.tracker.rollout import PolicyFile
 from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput
 from loopstream.v1 import tracker_pb2 as pb
@@ -138,10 +140,12 @@ class TrackerService(pb_grpc.TrackerServicer):
         engine: TrackerEngine,
         on_frame: Callable[[IngestResult, pb.FrameDetections, float], None] | None = None,
         policy: PolicyFile | None = None,
+        previews: LatestPreviews | None = None,
     ) -> None:
         self.engine = engine
         self.on_frame = on_frame  # metrics hook: (result, the frame's message, seconds from receipt to ack)
         self.policy = policy  # the A/B policy sessions are assigned by; None = the engine's defaults
+        self.previews = previews  # where a frame's preview goes (the web view); None = dropped
 
     @_status_codes
     def OpenSession(self, request: pb.SessionSpec, context: grpc.ServicerContext) -> pb.Session:
@@ -149,7 +153,10 @@ class TrackerService(pb_grpc.TrackerServicer):
 
     @_status_codes
     def CloseSession(self, request: pb.SessionRef, context: grpc.ServicerContext) -> pb.Session:
-        return _session_message(self.engine.close_session(request.session_id))
+        closed = _session_message(self.engine.close_session(request.session_id))
+        if self.previews is not None:
+            self.previews.discard(request.session_id)  # memory holds previews of open sessions only
+        return closed
 
     @_status_codes
     def GetSession(self, request: pb.SessionRef, context: grpc.ServicerContext) -> pb.Session:
@@ -175,6 +182,15 @@ class TrackerService(pb_grpc.TrackerServicer):
                     "frame not stored", extra={"session_id": msg.session_id, "frame_index": msg.frame_index}
                 )
                 result = IngestResult(False, error=f"internal error, frame not stored ({e}): resend it later")
+            if (
+                result.accepted
+                and not result.duplicate
+                and msg.HasField("preview")
+                and self.previews is not None
+            ):
+                problem = self.previews.offer(msg.session_id, msg.frame_index, msg.preview)
+                if problem:  # the detections are stored all the same: only the picture is lost
+                    result = dataclasses.replace(result, error=f"frame stored, preview dropped: {problem}")
             if self.on_frame is not None:
                 self.on_frame(result, msg, time.perf_counter() - received)
             yield pb.Ack(

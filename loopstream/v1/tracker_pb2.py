@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bloopstream/v1/tracker.proto\x12\rloopstream.v1\"\xe2\x01\n\x0bSessionSpec\x12\x15\n\rmicroscope_id\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\t\x12\x15\n\rpixel_size_nm\x18\x03 \x01(\x01\x12\x15\n\rframe_rate_hz\x18\x04 \x01(\x01\x12\x1c\n\x14\x64ose_rate_ions_cm2_s\x18\x05 \x01(\x01\x12\x30\n\x0cmodel_family\x18\x06 \x01(\x0e\x32\x1a.loopstream.v1.ModelFamily\x12\x17\n\x0fsearch_range_nm\x18\x07 \x01(\x01\x12\x15\n\rmemory_frames\x18\x08 \x01(\x05\"\xb4\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.loopstream.v1.SessionSpec\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x18\n\x10opened_at_unix_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x15\n\rframes_stored\x18\x07 \x01(\x03\x12\x18\n\x10last_frame_index\x18\x08 \x01(\x03\x12\x17\n\x0fsearch_range_nm\x18\t \x01(\x01\x12\x15\n\rmemory_frames\x18\n \x01(\x05\x12\x1c\n\x14shadow_model_version\x18\x0b \x01(\t\x12\x17\n\x0fshadow_fraction\x18\x0c \x01(\x01\" \n\nSessionRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x13ListSessionsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"=\n\x11ListSessionsReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.loopstream.v1.Session\"N\n\x0b\x42oundingBox\x12\x0c\n\x04x_px\x18\x01 \x01(\x02\x12\x0c\n\x04y_px\x18\x02 \x01(\x02\x12\x10\n\x08width_px\x18\x03 \x01(\x02\x12\x11\n\theight_px\x18\x04 \x01(\x02\"\xa3\x01\n\x04Loop\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_px\x18\x04 \x01(\x02\x12\x10\n\x08minor_px\x18\x05 \x01(\x02\x12\x11\n\tangle_deg\x18\x06 \x01(\x02\x12\x0f\n\x07\x61rea_px\x18\x07 \x01(\x02\x12(\n\x04\x62\x62ox\x18\x08 \x01(\x0b\x32\x1a.loopstream.v1.BoundingBox\"\x86\x02\n\x0f\x46rameDetections\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x03 \x01(\x01\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08width_px\x18\x06 \x01(\x05\x12\x11\n\theight_px\x18\x07 \x01(\x05\x12\"\n\x05loops\x18\x08 \x03(\x0b\x32\x13.loopstream.v1.Loop\x12\x11\n\tlatency_s\x18\t \x01(\x01\x12.\n\x06shadow\x18\n \x01(\x0b\x32\x1e.loopstream.v1.ShadowAgreement\"v\n\x0fShadowAgreement\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x61ndidate_loop_count\x18\x02 \x01(\x05\x12\x0f\n\x07matched\x18\x03 \x01(\x05\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x11\n\tlatency_s\x18\x05 \x01(\x01\"b\n\x03\x41\x63k\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xb2\x02\n\x0f\x46rameStatistics\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x02 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x03 \x01(\x01\x12\x12\n\nloop_count\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65nsity_per_um2\x18\x05 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x06 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x07 \x01(\x01\x12\x1a\n\x12\x66oreground_percent\x18\x08 \x01(\x01\x12\x12\n\ndrift_x_px\x18\t \x01(\x01\x12\x12\n\ndrift_y_px\x18\n \x01(\x01\x12\x12\n\ndrift_x_nm\x18\x0b \x01(\x01\x12\x12\n\ndrift_y_nm\x18\x0c \x01(\x01\x12\x14\n\x0clinked_count\x18\r \x01(\x05\"M\n\x11StatisticsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\x12\x10\n\x08to_frame\x18\x03 \x01(\x03\"\x9a\x03\n\x0eSessionSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\x17\n\x0fmean_loop_count\x18\x02 \x01(\x01\x12\x1c\n\x14mean_density_per_um2\x18\x03 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x04 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x05 \x01(\x01\x12\x0e\n\x06tracks\x18\x06 \x01(\x03\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x08 \x01(\x01\x12!\n\x19\x64rift_rate_x_px_per_frame\x18\t \x01(\x01\x12!\n\x19\x64rift_rate_y_px_per_frame\x18\n \x01(\x01\x12\x1d\n\x15\x64rift_rate_x_nm_per_s\x18\x0b \x01(\x01\x12\x1d\n\x15\x64rift_rate_y_nm_per_s\x18\x0c \x01(\x01\x12\x17\n\x0fmean_lifetime_s\x18\r \x01(\x01\x12\x19\n\x11mean_free_path_nm\x18\x0e \x01(\x01\x12\x1d\n\x15mean_growth_rate_nm_s\x18\x0f \x01(\x01\"\xb4\x01\n\x0fStatisticsReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x1e.loopstream.v1.FrameStatistics\x12.\n\x07summary\x18\x03 \x01(\x0b\x32\x1d.loopstream.v1.SessionSummary\x12-\n\x06window\x18\x04 \x01(\x0b\x32\x1d.loopstream.v1.SessionSummary\"\xa6\x01\n\nTrackPoint\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_nm\x18\x04 \x01(\x02\x12\x10\n\x08minor_nm\x18\x05 \x01(\x02\x12\x13\n\x0btimestamp_s\x18\x06 \x01(\x01\x12\x16\n\x0ex_corrected_px\x18\x07 \x01(\x02\x12\x16\n\x0ey_corrected_px\x18\x08 \x01(\x02\"\xc5\x01\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x62irth_frame\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61th_frame\x18\x03 \x01(\x03\x12)\n\x06points\x18\x04 \x03(\x0b\x32\x19.loopstream.v1.TrackPoint\x12\x18\n\x10growth_rate_nm_s\x18\x05 \x01(\x01\x12\x12\n\nlifetime_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x64isplacement_nm\x18\x07 \x01(\x01\x12\x0e\n\x06length\x18\x08 \x01(\x05\"7\n\rTracksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmin_length\x18\x02 \x01(\x05\"G\n\x0bTracksReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x06tracks\x18\x02 \x03(\x0b\x32\x14.loopstream.v1.Track\"#\n\rExportRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x14\x41rmStatisticsRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12\x14\n\x0csince_unix_s\x18\x02 \x01(\x01\"\xb7\x01\n\rArmStatistics\x12\x13\n\x0b\x61rm_version\x18\x01 \x01(\t\x12\x10\n\x08sessions\x18\x02 \x01(\x03\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x03\x12\x17\n\x0floops_per_frame\x18\x04 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x05 \x01(\x01\x12\x15\n\rlatency_p50_s\x18\x06 \x01(\x01\x12\x11\n\tshadow_f1\x18\x07 \x01(\x01\x12\x15\n\rshadow_frames\x18\x08 \x01(\x03\"@\n\x12\x41rmStatisticsReply\x12*\n\x04\x61rms\x18\x01 \x03(\x0b\x32\x1c.loopstream.v1.ArmStatistics\"\x0f\n\rPolicyRequest\"<\n\x0bPolicyReply\x12\x13\n\x0bpolicy_json\x18\x01 \x01(\t\x12\x18\n\x10loaded_at_unix_s\x18\x02 \x01(\x01\"6\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\"A\n\x0c\x45xportedFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"M\n\x0b\x45xportReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1b.loopstream.v1.ExportedFile*a\n\x0bModelFamily\x12\x1c\n\x18MODEL_FAMILY_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_FAMILY_INSTANCE\x10\x01\x12\x19\n\x15MODEL_FAMILY_SEMANTIC\x10\x02\x32\xcc\x06\n\x07Tracker\x12\x41\n\x0bOpenSession\x12\x1a.loopstream.v1.SessionSpec\x1a\x16.loopstream.v1.Session\x12\x41\n\x0c\x43loseSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12?\n\nGetSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12T\n\x0cListSessions\x12\".loopstream.v1.ListSessionsRequest\x1a .loopstream.v1.ListSessionsReply\x12J\n\x10StreamDetections\x12\x1e.loopstream.v1.FrameDetections\x1a\x12.loopstream.v1.Ack(\x01\x30\x01\x12Q\n\rGetStatistics\x12 .loopstream.v1.StatisticsRequest\x1a\x1e.loopstream.v1.StatisticsReply\x12\x45\n\tGetTracks\x12\x1c.loopstream.v1.TracksRequest\x1a\x1a.loopstream.v1.TracksReply\x12I\n\rExportSession\x12\x1c.loopstream.v1.ExportRequest\x1a\x1a.loopstream.v1.ExportReply\x12P\n\x0fWatchStatistics\x12\x1b.loopstream.v1.WatchRequest\x1a\x1e.loopstream.v1.FrameStatistics0\x01\x12Z\n\x10GetArmStatistics\x12#.loopstream.v1.ArmStatisticsRequest\x1a!.loopstream.v1.ArmStatisticsReply\x12\x45\n\tGetPolicy\x12\x1c.loopstream.v1.PolicyRequest\x1a\x1a.loopstream.v1.PolicyReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bloopstream/v1/tracker.proto\x12\rloopstream.v1\"\xe2\x01\n\x0bSessionSpec\x12\x15\n\rmicroscope_id\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\t\x12\x15\n\rpixel_size_nm\x18\x03 \x01(\x01\x12\x15\n\rframe_rate_hz\x18\x04 \x01(\x01\x12\x1c\n\x14\x64ose_rate_ions_cm2_s\x18\x05 \x01(\x01\x12\x30\n\x0cmodel_family\x18\x06 \x01(\x0e\x32\x1a.loopstream.v1.ModelFamily\x12\x17\n\x0fsearch_range_nm\x18\x07 \x01(\x01\x12\x15\n\rmemory_frames\x18\x08 \x01(\x05\"\xb4\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.loopstream.v1.SessionSpec\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x18\n\x10opened_at_unix_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x15\n\rframes_stored\x18\x07 \x01(\x03\x12\x18\n\x10last_frame_index\x18\x08 \x01(\x03\x12\x17\n\x0fsearch_range_nm\x18\t \x01(\x01\x12\x15\n\rmemory_frames\x18\n \x01(\x05\x12\x1c\n\x14shadow_model_version\x18\x0b \x01(\t\x12\x17\n\x0fshadow_fraction\x18\x0c \x01(\x01\" \n\nSessionRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x13ListSessionsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"=\n\x11ListSessionsReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.loopstream.v1.Session\"N\n\x0b\x42oundingBox\x12\x0c\n\x04x_px\x18\x01 \x01(\x02\x12\x0c\n\x04y_px\x18\x02 \x01(\x02\x12\x10\n\x08width_px\x18\x03 \x01(\x02\x12\x11\n\theight_px\x18\x04 \x01(\x02\"\xa3\x01\n\x04Loop\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_px\x18\x04 \x01(\x02\x12\x10\n\x08minor_px\x18\x05 \x01(\x02\x12\x11\n\tangle_deg\x18\x06 \x01(\x02\x12\x0f\n\x07\x61rea_px\x18\x07 \x01(\x02\x12(\n\x04\x62\x62ox\x18\x08 \x01(\x0b\x32\x1a.loopstream.v1.BoundingBox\"\xaf\x02\n\x0f\x46rameDetections\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x03 \x01(\x01\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08width_px\x18\x06 \x01(\x05\x12\x11\n\theight_px\x18\x07 \x01(\x05\x12\"\n\x05loops\x18\x08 \x03(\x0b\x32\x13.loopstream.v1.Loop\x12\x11\n\tlatency_s\x18\t \x01(\x01\x12.\n\x06shadow\x18\n \x01(\x0b\x32\x1e.loopstream.v1.ShadowAgreement\x12\'\n\x07preview\x18\x0b \x01(\x0b\x32\x16.loopstream.v1.Preview\"P\n\x07Preview\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08width_px\x18\x03 \x01(\x05\x12\x11\n\theight_px\x18\x04 \x01(\x05\"v\n\x0fShadowAgreement\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x61ndidate_loop_count\x18\x02 \x01(\x05\x12\x0f\n\x07matched\x18\x03 \x01(\x05\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x11\n\tlatency_s\x18\x05 \x01(\x01\"b\n\x03\x41\x63k\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xb2\x02\n\x0f\x46rameStatistics\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x13\n\x0btimestamp_s\x18\x02 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x03 \x01(\x01\x12\x12\n\nloop_count\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65nsity_per_um2\x18\x05 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x06 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x07 \x01(\x01\x12\x1a\n\x12\x66oreground_percent\x18\x08 \x01(\x01\x12\x12\n\ndrift_x_px\x18\t \x01(\x01\x12\x12\n\ndrift_y_px\x18\n \x01(\x01\x12\x12\n\ndrift_x_nm\x18\x0b \x01(\x01\x12\x12\n\ndrift_y_nm\x18\x0c \x01(\x01\x12\x14\n\x0clinked_count\x18\r \x01(\x05\"M\n\x11StatisticsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\x12\x10\n\x08to_frame\x18\x03 \x01(\x03\"\x9a\x03\n\x0eSessionSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\x17\n\x0fmean_loop_count\x18\x02 \x01(\x01\x12\x1c\n\x14mean_density_per_um2\x18\x03 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x04 \x01(\x01\x12\x15\n\rmean_minor_nm\x18\x05 \x01(\x01\x12\x0e\n\x06tracks\x18\x06 \x01(\x03\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x18\n\x10\x66luence_ions_cm2\x18\x08 \x01(\x01\x12!\n\x19\x64rift_rate_x_px_per_frame\x18\t \x01(\x01\x12!\n\x19\x64rift_rate_y_px_per_frame\x18\n \x01(\x01\x12\x1d\n\x15\x64rift_rate_x_nm_per_s\x18\x0b \x01(\x01\x12\x1d\n\x15\x64rift_rate_y_nm_per_s\x18\x0c \x01(\x01\x12\x17\n\x0fmean_lifetime_s\x18\r \x01(\x01\x12\x19\n\x11mean_free_path_nm\x18\x0e \x01(\x01\x12\x1d\n\x15mean_growth_rate_nm_s\x18\x0f \x01(\x01\"\xb4\x01\n\x0fStatisticsReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x1e.loopstream.v1.FrameStatistics\x12.\n\x07summary\x18\x03 \x01(\x0b\x32\x1d.loopstream.v1.SessionSummary\x12-\n\x06window\x18\x04 \x01(\x0b\x32\x1d.loopstream.v1.SessionSummary\"\xa6\x01\n\nTrackPoint\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0c\n\x04x_px\x18\x02 \x01(\x02\x12\x0c\n\x04y_px\x18\x03 \x01(\x02\x12\x10\n\x08major_nm\x18\x04 \x01(\x02\x12\x10\n\x08minor_nm\x18\x05 \x01(\x02\x12\x13\n\x0btimestamp_s\x18\x06 \x01(\x01\x12\x16\n\x0ex_corrected_px\x18\x07 \x01(\x02\x12\x16\n\x0ey_corrected_px\x18\x08 \x01(\x02\"\xc5\x01\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x62irth_frame\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61th_frame\x18\x03 \x01(\x03\x12)\n\x06points\x18\x04 \x03(\x0b\x32\x19.loopstream.v1.TrackPoint\x12\x18\n\x10growth_rate_nm_s\x18\x05 \x01(\x01\x12\x12\n\nlifetime_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x64isplacement_nm\x18\x07 \x01(\x01\x12\x0e\n\x06length\x18\x08 \x01(\x05\"7\n\rTracksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmin_length\x18\x02 \x01(\x05\"G\n\x0bTracksReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x06tracks\x18\x02 \x03(\x0b\x32\x14.loopstream.v1.Track\"#\n\rExportRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x14\x41rmStatisticsRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12\x14\n\x0csince_unix_s\x18\x02 \x01(\x01\"\xb7\x01\n\rArmStatistics\x12\x13\n\x0b\x61rm_version\x18\x01 \x01(\t\x12\x10\n\x08sessions\x18\x02 \x01(\x03\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x03\x12\x17\n\x0floops_per_frame\x18\x04 \x01(\x01\x12\x15\n\rmean_major_nm\x18\x05 \x01(\x01\x12\x15\n\rlatency_p50_s\x18\x06 \x01(\x01\x12\x11\n\tshadow_f1\x18\x07 \x01(\x01\x12\x15\n\rshadow_frames\x18\x08 \x01(\x03\"@\n\x12\x41rmStatisticsReply\x12*\n\x04\x61rms\x18\x01 \x03(\x0b\x32\x1c.loopstream.v1.ArmStatistics\"\x0f\n\rPolicyRequest\"<\n\x0bPolicyReply\x12\x13\n\x0bpolicy_json\x18\x01 \x01(\t\x12\x18\n\x10loaded_at_unix_s\x18\x02 \x01(\x01\"6\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nfrom_frame\x18\x02 \x01(\x03\"A\n\x0c\x45xportedFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"M\n\x0b\x45xportReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1b.loopstream.v1.ExportedFile*a\n\x0bModelFamily\x12\x1c\n\x18MODEL_FAMILY_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_FAMILY_INSTANCE\x10\x01\x12\x19\n\x15MODEL_FAMILY_SEMANTIC\x10\x02\x32\xcc\x06\n\x07Tracker\x12\x41\n\x0bOpenSession\x12\x1a.loopstream.v1.SessionSpec\x1a\x16.loopstream.v1.Session\x12\x41\n\x0c\x43loseSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12?\n\nGetSession\x12\x19.loopstream.v1.SessionRef\x1a\x16.loopstream.v1.Session\x12T\n\x0cListSessions\x12\".loopstream.v1.ListSessionsRequest\x1a .loopstream.v1.ListSessionsReply\x12J\n\x10StreamDetections\x12\x1e.loopstream.v1.FrameDetections\x1a\x12.loopstream.v1.Ack(\x01\x30\x01\x12Q\n\rGetStatistics\x12 .loopstream.v1.StatisticsRequest\x1a\x1e.loopstream.v1.StatisticsReply\x12\x45\n\tGetTracks\x12\x1c.loopstream.v1.TracksRequest\x1a\x1a.loopstream.v1.TracksReply\x12I\n\rExportSession\x12\x1c.loopstream.v1.ExportRequest\x1a\x1a.loopstream.v1.ExportReply\x12P\n\x0fWatchStatistics\x12\x1b.loopstream.v1.WatchRequest\x1a\x1e.loopstream.v1.FrameStatistics0\x01\x12Z\n\x10GetArmStatistics\x12#.loopstream.v1.ArmStatisticsRequest\x1a!.loopstream.v1.ArmStatisticsReply\x12\x45\n\tGetPolicy\x12\x1c.loopstream.v1.PolicyRequest\x1a\x1a.loopstream.v1.PolicyReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loopstream.v1.tracker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELFAMILY']._serialized_start=3578
-  _globals['_MODELFAMILY']._serialized_end=3675
+  _globals['_MODELFAMILY']._serialized_start=3701
+  _globals['_MODELFAMILY']._serialized_end=3798
   _globals['_SESSIONSPEC']._serialized_start=47
   _globals['_SESSIONSPEC']._serialized_end=273
   _globals['_SESSION']._serialized_start=276
@@ -48,45 +48,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOP']._serialized_start=811
   _globals['_LOOP']._serialized_end=974
   _globals['_FRAMEDETECTIONS']._serialized_start=977
-  _globals['_FRAMEDETECTIONS']._serialized_end=1239
-  _globals['_SHADOWAGREEMENT']._serialized_start=1241
-  _globals['_SHADOWAGREEMENT']._serialized_end=1359
-  _globals['_ACK']._serialized_start=1361
-  _globals['_ACK']._serialized_end=1459
-  _globals['_FRAMESTATISTICS']._serialized_start=1462
-  _globals['_FRAMESTATISTICS']._serialized_end=1768
-  _globals['_STATISTICSREQUEST']._serialized_start=1770
-  _globals['_STATISTICSREQUEST']._serialized_end=1847
-  _globals['_SESSIONSUMMARY']._serialized_start=1850
-  _globals['_SESSIONSUMMARY']._serialized_end=2260
-  _globals['_STATISTICSREPLY']._serialized_start=2263
-  _globals['_STATISTICSREPLY']._serialized_end=2443
-  _globals['_TRACKPOINT']._serialized_start=2446
-  _globals['_TRACKPOINT']._serialized_end=2612
-  _globals['_TRACK']._serialized_start=2615
-  _globals['_TRACK']._serialized_end=2812
-  _globals['_TRACKSREQUEST']._serialized_start=2814
-  _globals['_TRACKSREQUEST']._serialized_end=2869
-  _globals['_TRACKSREPLY']._serialized_start=2871
-  _globals['_TRACKSREPLY']._serialized_end=2942
-  _globals['_EXPORTREQUEST']._serialized_start=2944
-  _globals['_EXPORTREQUEST']._serialized_end=2979
-  _globals['_ARMSTATISTICSREQUEST']._serialized_start=2981
-  _globals['_ARMSTATISTICSREQUEST']._serialized_end=3043
-  _globals['_ARMSTATISTICS']._serialized_start=3046
-  _globals['_ARMSTATISTICS']._serialized_end=3229
-  _globals['_ARMSTATISTICSREPLY']._serialized_start=3231
-  _globals['_ARMSTATISTICSREPLY']._serialized_end=3295
-  _globals['_POLICYREQUEST']._serialized_start=3297
-  _globals['_POLICYREQUEST']._serialized_end=3312
-  _globals['_POLICYREPLY']._serialized_start=3314
-  _globals['_POLICYREPLY']._serialized_end=3374
-  _globals['_WATCHREQUEST']._serialized_start=3376
-  _globals['_WATCHREQUEST']._serialized_end=3430
-  _globals['_EXPORTEDFILE']._serialized_start=3432
-  _globals['_EXPORTEDFILE']._serialized_end=3497
-  _globals['_EXPORTREPLY']._serialized_start=3499
-  _globals['_EXPORTREPLY']._serialized_end=3576
-  _globals['_TRACKER']._serialized_start=3678
-  _globals['_TRACKER']._serialized_end=4522
+  _globals['_FRAMEDETECTIONS']._serialized_end=1280
+  _globals['_PREVIEW']._serialized_start=1282
+  _globals['_PREVIEW']._serialized_end=1362
+  _globals['_SHADOWAGREEMENT']._serialized_start=1364
+  _globals['_SHADOWAGREEMENT']._serialized_end=1482
+  _globals['_ACK']._serialized_start=1484
+  _globals['_ACK']._serialized_end=1582
+  _globals['_FRAMESTATISTICS']._serialized_start=1585
+  _globals['_FRAMESTATISTICS']._serialized_end=1891
+  _globals['_STATISTICSREQUEST']._serialized_start=1893
+  _globals['_STATISTICSREQUEST']._serialized_end=1970
+  _globals['_SESSIONSUMMARY']._serialized_start=1973
+  _globals['_SESSIONSUMMARY']._serialized_end=2383
+  _globals['_STATISTICSREPLY']._serialized_start=2386
+  _globals['_STATISTICSREPLY']._serialized_end=2566
+  _globals['_TRACKPOINT']._serialized_start=2569
+  _globals['_TRACKPOINT']._serialized_end=2735
+  _globals['_TRACK']._serialized_start=2738
+  _globals['_TRACK']._serialized_end=2935
+  _globals['_TRACKSREQUEST']._serialized_start=2937
+  _globals['_TRACKSREQUEST']._serialized_end=2992
+  _globals['_TRACKSREPLY']._serialized_start=2994
+  _globals['_TRACKSREPLY']._serialized_end=3065
+  _globals['_EXPORTREQUEST']._serialized_start=3067
+  _globals['_EXPORTREQUEST']._serialized_end=3102
+  _globals['_ARMSTATISTICSREQUEST']._serialized_start=3104
+  _globals['_ARMSTATISTICSREQUEST']._serialized_end=3166
+  _globals['_ARMSTATISTICS']._serialized_start=3169
+  _globals['_ARMSTATISTICS']._serialized_end=3352
+  _globals['_ARMSTATISTICSREPLY']._serialized_start=3354
+  _globals['_ARMSTATISTICSREPLY']._serialized_end=3418
+  _globals['_POLICYREQUEST']._serialized_start=3420
+  _globals['_POLICYREQUEST']._serialized_end=3435
+  _globals['_POLICYREPLY']._serialized_start=3437
+  _globals['_POLICYREPLY']._serialized_end=3497
+  _globals['_WATCHREQUEST']._serialized_start=3499
+  _globals['_WATCHREQUEST']._serialized_end=3553
+  _globals['_EXPORTEDFILE']._serialized_start=3555
+  _globals['_EXPORTEDFILE']._serialized_end=3620
+  _globals['_EXPORTREPLY']._serialized_start=3622
+  _globals['_EXPORTREPLY']._serialized_end=3699
+  _globals['_TRACKER']._serialized_start=3801
+  _globals['_TRACKER']._serialized_end=4645
 # @@protoc_insertion_point(module_scope)
