@@ -99,7 +99,7 @@ def test_pages_follow_a_live_run(stack: LocalStack, browser) -> None:
 
         browser.get(f"{view}/login?token={stack.token}")  # signs in (cookie), then the control room
         row = wait_for(
-            lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-session-id="{sid}"]'), "the session's row"
+            lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-session-id="{sid}"]'), "its row"
         )[0]
         assert "browser-scope" in row.text
         wait_for(
