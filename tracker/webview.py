@@ -461,7 +461,8 @@ class WebView:
                 text=f"{MAX_STREAMS} live views are open already: close one and reload"
             )
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+            # X-Accel-Buffering: nginx (and ingress-nginx) would otherwise hold events back.
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
         self._streams += 1
