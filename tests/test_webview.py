@@ -79,16 +79,16 @@ def message(session_id: str, index: int, preview: pb.Preview | None = None) -> p
     return msg
 
 
-def get(url: str, token: str | None = None, context: ssl.SSLContext | None = None, **headers):
-    request = urllib.request.Request(url, headers=headers)
+def get(url: str, token: str | None = None, context: ssl.SSLContext | None = None, timeout_s: float = 10):
+    request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    return urllib.request.urlopen(request, timeout=10, context=context)
+    return urllib.request.urlopen(request, timeout=timeout_s, context=context)
 
 
-def status_of(url: str, token: str | None = None, **headers) -> int:
+def status_of(url: str, token: str | None = None) -> int:
     try:
-        with get(url, token, **headers) as r:
+        with get(url, token) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -241,7 +241,7 @@ def test_control_room_rates_and_export_zip(tracker, client):
     assert row["frames_per_s"] == pytest.approx(0.5) and row["rejected"] == 0
     expected = np.mean([len(synthetic.detections(MIC, i)) for i in range(5)])
     assert row["loops_per_frame"] == pytest.approx(expected) and row["preview_frame"] is None
-    with get(f"{view(tracker)}/api/sessions/{sid}/export.zip", VIEWER_TOKEN) as r:
+    with get(f"{view(tracker)}/api/sessions/{sid}/export.zip", VIEWER_TOKEN, timeout_s=120) as r:
         names = zipfile.ZipFile(io.BytesIO(r.read())).namelist()
     assert "frame_statistics.csv" in names and "density_size_vs_time.png" in names
     with get(f"http://127.0.0.1:{tracker.metrics_port}/metrics") as r:

@@ -42,7 +42,7 @@ from loopstream.v1 import tracker_pb2 as pb
 
 log = logging.getLogger("loopstream.tracker")
 
-POLL_S = 0.25  # a live stream looks for new frames this often
+POLL_S = 0.5  # a live stream looks for new frames this often
 REFRESH_S = 1.0  # the control room, and a quiet session page (rates, lag, a close), are re-sent this often
 RATE_WINDOW_S = 10.0  # frames/s of a session over this window
 MAX_PLOT_FRAMES = 2000  # frames of statistics a session page is sent on connect (and keeps)
@@ -103,6 +103,11 @@ class WebView:
         self._activity: dict[str, _Activity] = collections.defaultdict(_Activity)
         self._lock = threading.Lock()
         self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webview-read")
+        # Work shared by every viewer: the control room's rows (for REFRESH_S) and, per session,
+        # the frame shown last. Each viewer's reads compete with ingest for the GIL.
+        self._rows_cache: tuple[float, list[dict]] = (-math.inf, [])
+        self._shown_cache: dict[str, dict] = {}
+        self._cache_lock = threading.Lock()
         self._streams = 0
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -342,13 +347,21 @@ class WebView:
             )
         return rows
 
+    def _shared_session_rows(self) -> list[dict]:
+        with self._cache_lock:
+            made, rows = self._rows_cache
+            if time.monotonic() - made >= REFRESH_S:
+                rows = self._session_rows()
+                self._rows_cache = (time.monotonic(), rows)
+            return rows
+
     async def _sessions(self, request: web.Request) -> web.Response:
-        return web.json_response({"sessions": await self._read(self._session_rows)})
+        return web.json_response({"sessions": await self._read(self._shared_session_rows)})
 
     async def _control_room_events(self, request: web.Request) -> web.StreamResponse:
         async def events():
             while not self._stopping.is_set():
-                yield {"sessions": await self._read(self._session_rows)}
+                yield {"sessions": await self._read(self._shared_session_rows)}
                 await self._pause(REFRESH_S)
 
         return await self._event_stream(request, events())
@@ -368,7 +381,13 @@ class WebView:
         preview = self.previews.get(session_id)
         show = preview.frame_index if preview else session["last_frame_index"]
         if show >= 0 and show != shown_frame:
-            update["shown"] = self._shown_frame(session, show, preview is not None)
+            with self._cache_lock:
+                cached = self._shown_cache.get(session_id)
+                wanted = (show, preview is not None)
+                if cached is None or (cached["frame_index"], cached["preview"]) != wanted:
+                    cached = self._shown_frame(session, *wanted)
+                    self._shown_cache[session_id] = cached
+            update["shown"] = cached
         return update
 
     def _shown_frame(self, session: dict, frame_index: int, has_preview: bool) -> dict:
@@ -462,7 +481,11 @@ class WebView:
             )
         response = web.StreamResponse(
             # X-Accel-Buffering: nginx (and ingress-nginx) would otherwise hold events back.
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
         )
         await response.prepare(request)
         self._streams += 1
