@@ -29,7 +29,7 @@ MAX_PNG_BYTES = 200 * 1024
 def browser() -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(argument)
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     return webdriver.Chrome(options=options, service=service)
@@ -37,7 +37,7 @@ def browser() -> webdriver.Chrome:
 
 def save_png(png: bytes, path: Path) -> None:
     """A palette PNG (screenshots are mostly flat colours): well under the README's 200 KB."""
-    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128)
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=48)
     image.save(path, optimize=True)
     if path.stat().st_size > MAX_PNG_BYTES:
         raise RuntimeError(f"{path} is {path.stat().st_size} bytes, more than {MAX_PNG_BYTES}")

@@ -12,7 +12,7 @@ const series = { frame_index: [], timestamp_s: [], fluence_ions_cm2: [], loop_co
 function plot(id, title, xLabel, names, yLabel) {
   const colours = ["#c0392b", "#2471a3", "#229954"];
   return new uPlot({
-    title, width: 420, height: 220,
+    title, width: 400, height: 210,
     scales: { x: { time: false } },
     axes: [{ label: xLabel }, { label: yLabel }],
     series: [{ label: xLabel }, ...names.map((n, i) => ({ label: n, stroke: colours[i], width: 1.5 }))],
@@ -26,7 +26,7 @@ const plots = {
   fluence: plot("plot-fluence", "areal density vs fluence", "fluence (ions/cm²)", ["density /µm²"], "loops / µm²"),
   drift: plot("plot-drift", "stage drift", "time (s)", ["x (nm)", "y (nm)"], "nm"),
   histogram: new uPlot({
-    title: "size histogram, shown frame", width: 420, height: 220,
+    title: "size histogram, shown frame", width: 400, height: 210,
     scales: { x: { time: false } },
     axes: [{ label: "D (nm)" }, { label: "loops" }],
     series: [{ label: "D (nm)" }, { label: "loops", fill: "#2471a388", stroke: "#2471a3",
