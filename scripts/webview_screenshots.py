@@ -19,8 +19,8 @@ from selenium import webdriver
 
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import SimulatorSource
-from loopstream.simulator import SimulationConfig
-from loopstream.stack import LocalStack
+from loopstream.core.simulator import SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.v1 import tracker_pb2 as pb
 
 MAX_PNG_BYTES = 200 * 1024

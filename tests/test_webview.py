@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from loopstream.client.preview import preview_message
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.previews import MAX_PREVIEW_BYTES, MAX_PREVIEW_SIDE_PX
 from loopstream.tracker.server import ServerConfig, serve
