@@ -213,6 +213,11 @@ class WebView:
         async def shutdown() -> None:
             self._stopping.set()
             await self._runner.cleanup()
+            # Streams still open after the grace period end here, not half-destroyed at loop close.
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
             self._loop.stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
@@ -497,6 +502,7 @@ class WebView:
             pass  # the viewer went away
         finally:
             self._streams -= 1
-            await events.aclose()
+            with contextlib.suppress(RuntimeError):  # a generator cancelled mid-step closes itself
+                await events.aclose()
             log.info("viewer disconnected", extra={"path": request.path, "streams": self._streams})
         return response
