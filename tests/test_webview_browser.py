@@ -95,7 +95,11 @@ def test_pages_follow_a_live_run(stack: LocalStack, browser) -> None:
     with MicroscopeSession(endpoints, spec) as session:
         sid = session.session.session_id
         submit(session, source, range(FIRST))
-        wait_for(lambda: len(stored_frames(stack, sid)) == FIRST, f"{FIRST} stored frames")
+        wait_for(
+            lambda: len(stored_frames(stack, sid)) == FIRST,
+            f"{FIRST} stored frames (failed: {session.report.failed})",
+            timeout_s=90,  # the first frames also warm the pipeline up
+        )
 
         browser.get(f"{view}/login?token={stack.token}")  # signs in (cookie), then the control room
         row = wait_for(
