@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("SHARED_MEMORY", "") == "1",
         help="pass frames through system shared memory (only when Triton runs on this host)",
     )
+    parser.add_argument(
+        "--preview-every",
+        type=int,
+        default=int(_env("PREVIEW_EVERY", "0")),
+        help="send a JPEG preview for the tracker's web view with every N-th frame; 0 = none",
+    )
+    parser.add_argument(
+        "--preview-px",
+        type=int,
+        default=int(_env("PREVIEW_PX", "512")),
+        help="long side of a preview in px (the tracker accepts at most 512)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     sources = parser.add_subparsers(dest="source", required=True)
     sim = sources.add_parser("simulate", help="a simulated in-situ experiment")
@@ -154,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         target_fps=args.target_fps,
         shared_memory=args.shared_memory,
         tracker_max_message_bytes=args.tracker_max_message_bytes,
+        preview_every=args.preview_every,
+        preview_px=args.preview_px,
     )
     try:
         report = stream(MicroscopeSession(endpoints, spec), frames, total, progress=not args.no_progress)

@@ -24,6 +24,7 @@ import grpc
 
 from loopstream.client.backpressure import BackpressurePolicy, FrameGate
 from loopstream.client.inference import FrameResult, InferenceStream, pinned_version
+from loopstream.client.preview import DEFAULT_SIDE_PX, preview_message
 from loopstream.client.shadow import ShadowJoin, agreement
 from loopstream.client.sources import Frame
 from loopstream.client.tracker_link import (
@@ -51,6 +52,8 @@ class Endpoints:
     target_fps: float | None = None  # decimate: frames/s of acquisition time to analyse
     shared_memory: bool = False  # frames through system shared memory (client and Triton on one host)
     tracker_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the tracker's --max-message-bytes
+    preview_every: int = 0  # send a preview for the web view with every N-th stored frame; 0 = never
+    preview_px: int = DEFAULT_SIDE_PX  # its long side (the tracker keeps at most 512 px)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class MicroscopeSession:
         self.report = SessionReport()
         self._lock = threading.Lock()
         self._frame_shapes: dict[int, tuple[int, int]] = {}
+        self._forwarded = 0  # frames sent to the tracker: every preview_every-th carries a preview
         self.session = self._call_tracker("OpenSession", spec)
         self.report.session_id = self.session.session_id
         self.model_version = pinned_version(
@@ -241,6 +245,10 @@ class MicroscopeSession:
             loops=encode_loops(detections),
             latency_s=result.latency_s,
         )
+        every = self.endpoints.preview_every
+        if every > 0 and self._forwarded % every == 0:
+            message.preview.CopyFrom(preview_message(frame.image, self.endpoints.preview_px))
+        self._forwarded += 1
         if candidate is not None:
             with self._lock:
                 self.report.shadowed += 1
@@ -277,6 +285,8 @@ class MicroscopeSession:
                 # A duplicate was stored before a reconnect lost its first acknowledgement.
                 self.report.frames_stored += 1
                 self.report.resent_duplicates += int(ack.duplicate)
+                if ack.error:  # stored, with a remark (e.g. a preview out of bounds was dropped)
+                    log.warning("tracker on frame %d: %s", ack.frame_index, ack.error)
             else:
                 self.report.failed.append(f"tracker rejected frame {ack.frame_index}: {ack.error}")
 

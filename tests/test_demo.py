@@ -34,6 +34,7 @@ def test_main_job_from_a_fresh_clone_leaves_no_process_behind(tmp_path: Path) ->
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "loops=" in run.stdout, "live statistics were not printed"
+    assert "live view: http://127.0.0.1:" in run.stdout, "the address of the live view was not printed"
     report = clone / "out" / "demo" / "report"
     summary = json.loads((report / "summary.json").read_text())
     assert summary["simulated"]["frames_stored"] == 12

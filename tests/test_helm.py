@@ -423,6 +423,7 @@ def test_tracker_statefulset_follows_the_service_contract(chart):
         "--db=/data/tracker.db",
         "--token-file=/secrets/token",
         "--ab-policy=/config/ab-policy.json",
+        "--view-port=8090",
     ]
     for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["grpc"] == {"port": 50061}
@@ -825,3 +826,59 @@ def test_schema_covers_every_value_and_forbids_unknown_keys():
     closed(schema, "#")
     # ... and the defaults themselves are valid.
     helm.Chart.load(CHART).validate_schema(defaults)
+
+
+# ------------------------------------------------------------- web view
+
+
+def test_tracker_serves_the_web_view_through_its_own_service(chart):
+    objs = objects(render(chart))
+    sts = tracker(objs)
+    c = container(sts, "tracker")
+    assert "--view-port=8090" in c["args"] and not any("viewer-token" in a for a in c["args"])
+    assert {"name": "view", "containerPort": 8090, "protocol": "TCP"} in c["ports"]
+    service = one(objs, "Service", f"{PREFIX}-tracker-view")
+    assert matches(
+        {"matchLabels": service["spec"]["selector"]}, sts["spec"]["template"]["metadata"]["labels"]
+    )
+    assert service["spec"]["ports"] == [
+        {"name": "view", "port": 8090, "targetPort": "view", "protocol": "TCP", "appProtocol": "http"}
+    ]
+    assert find(objs, "Ingress") == []  # optional, off by default
+    (view_rule,) = _rules_for_port(one(objs, "NetworkPolicy", f"{PREFIX}-tracker"), "view")
+    assert "from" not in view_rule  # any pod may ask; the view itself wants a token
+
+
+def test_web_view_ingress_viewer_token_and_tls(chart):
+    objs = objects(render(chart, scenario_values("autoscaled-monitoring")))
+    sts = tracker(objs)
+    c = container(sts, "tracker")
+    assert "--viewer-token-file=/secrets-viewer/token" in c["args"] and "--tls-cert=/tls/tls.crt" in c["args"]
+    assert {"name": "viewer-token", "mountPath": "/secrets-viewer", "readOnly": True} in c["volumeMounts"]
+    (volume,) = [v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "viewer-token"]
+    assert volume["secret"]["secretName"] == "loopstream-viewer-token"
+    service = one(objs, "Service", f"{PREFIX}-tracker-view")
+    assert service["spec"]["ports"][0]["appProtocol"] == "https"  # the tracker has TLS: so has the view
+    ingress = one(objs, "Ingress", f"{PREFIX}-tracker-view")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["loopstream.facility.example"], "secretName": "loopstream-view-tls"}
+    ]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "loopstream.facility.example"
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": f"{PREFIX}-tracker-view", "port": {"name": "view"}}
+    (view_rule,) = _rules_for_port(one(objs, "NetworkPolicy", f"{PREFIX}-tracker"), "view")
+    assert view_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
+
+
+def test_web_view_can_be_turned_off_and_an_ingress_needs_a_host(chart):
+    objs = objects(render(chart, {"tracker": {"view": {"enabled": False, "port": 8090}}}))
+    assert not any(a.startswith("--view-port") for a in container(tracker(objs), "tracker")["args"])
+    assert find(objs, "Service", f"{PREFIX}-tracker-view") == []
+    assert _rules_for_port(one(objs, "NetworkPolicy", f"{PREFIX}-tracker"), "view") == []
+    with pytest.raises(Exception, match="the Ingress needs the view's host name"):
+        render(chart, {"tracker": {"view": {"enabled": True, "port": 8090, "ingress": {"enabled": True}}}})

@@ -73,6 +73,20 @@ def parser() -> argparse.ArgumentParser:
         help="Prometheus port; 0 = ephemeral, -1 = off",
     )
     p.add_argument(
+        "--view-port",
+        type=int,
+        default=int(_env("view_port", -1)),
+        help="live web view (HTTPS when --tls-cert is set), e.g. 8090; 0 = ephemeral, -1 = off",
+    )
+    p.add_argument(
+        "--view-port-file", default=_env("view_port_file", None), help="write the web view's port here"
+    )
+    p.add_argument(
+        "--viewer-token-file",
+        default=_env("viewer_token_file", None),
+        help="file holding a read-only token for the web view (the gRPC API does not accept it)",
+    )
+    p.add_argument(
         "--port-file", default=_env("port_file", None), help="write the bound gRPC port here once serving"
     )
     p.add_argument("--db", default=_env("db", "./loopstream-tracker.db"), help="SQLite store file")
@@ -187,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         check_integrity=not args.skip_integrity_check,
         max_watchers=args.max_watchers,
         max_detection_streams=args.max_detection_streams,
+        view_port=args.view_port,
+        viewer_token=read_token(args.viewer_token_file) if args.viewer_token_file else None,
         defaults=Defaults(
             args.default_model, args.default_model_version, args.search_range_nm, args.memory_frames
         ),
@@ -279,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             "host": config.host,
             "port": running.port,
             "metrics_port": running.metrics_port,
+            "view_port": running.view_port,
             "db": str(config.db),
             "auth": config.token is not None,
             "tls": config.tls_cert is not None,
         },
     )
-    if args.port_file:
+    if args.view_port_file and running.view_port >= 0:
+        _write_port_file(args.view_port_file, running.view_port)
+    if args.port_file:  # last: a supervisor waiting for it finds the view's port written too
         _write_port_file(args.port_file, running.port)
     while not stop.wait(1.0):
         pass

@@ -17,10 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from loopstream.tracker.auth import BearerTokenInterceptor
 from loopstream.tracker.engine import Defaults, TrackerEngine
+from loopstream.tracker.previews import LatestPreviews
 from loopstream.tracker.prometheus import TrackerMetrics
 from loopstream.tracker.rollout import PolicyFile
 from loopstream.tracker.service import StreamLimits, TrackerService
 from loopstream.tracker.store import Store
+from loopstream.tracker.webview import WebView
 from loopstream.v1 import tracker_pb2, tracker_pb2_grpc
 
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["Tracker"].full_name
@@ -50,6 +52,8 @@ class ServerConfig:
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
     ab_policy: str | None = None  # JSON file of model versions and weights; None = the defaults
     check_integrity: bool = True  # PRAGMA quick_check before serving (reads the whole store)
+    view_port: int = -1  # the live web view (HTTP, HTTPS with TLS); 0 = ephemeral, -1 = off
+    viewer_token: str | None = None  # read-only token of the web view (the gRPC API refuses it)
 
 
 @dataclass
@@ -61,13 +65,21 @@ class RunningTracker:
     health: health.HealthServicer
     metrics: TrackerMetrics
     _http: object | None = None
+    view: WebView | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def view_port(self) -> int:
+        """The web view's port; -1 when off."""
+        return self.view.port if self.view is not None else -1
 
     def stop(self, grace_s: float = 3.0) -> None:
         """Stop accepting, let in-flight calls (and commits) finish within ``grace_s``, close the store."""
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.engine.shutdown()
+        if self.view is not None:
+            self.view.stop()  # ends the live streams, so nothing reads the store while it closes
         self.server.stop(grace_s).wait()
         if self._http is not None:
             self._http.shutdown()
@@ -89,10 +101,22 @@ def serve(config: ServerConfig) -> RunningTracker:
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", config.max_message_bytes)],
     )
+    previews = LatestPreviews()
+    view = None
+    on_frame = metrics.on_frame
+    if config.view_port >= 0:
+        tokens = [t for t in (config.token, config.viewer_token) if t]
+        view = WebView(engine, previews, tokens, metrics.registry)
+
+        def on_frame(result, frame, seconds) -> None:
+            metrics.on_frame(result, frame, seconds)
+            view.on_frame(result, frame, seconds)
+
     service = TrackerService(
         engine,
-        metrics.on_frame,
+        on_frame,
         policy,
+        previews if view is not None else None,
         on_store_error=lambda kind: metrics.store_errors.labels(kind).inc(),
         limits=StreamLimits(config.max_watchers, config.max_detection_streams),
     )
@@ -116,11 +140,18 @@ def serve(config: ServerConfig) -> RunningTracker:
     if port == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     server.start()
+    if view is not None:
+        try:
+            tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+            view.start(config.host, config.view_port, tls)
+        except BaseException:
+            server.stop(0)
+            raise
     http, metrics_port = None, -1
     if config.metrics_port >= 0:
         http = metrics.serve_http(config.host, config.metrics_port)
         metrics_port = http.server_port
-    running = RunningTracker(server, port, metrics_port, engine, health_servicer, metrics, http)
+    running = RunningTracker(server, port, metrics_port, engine, health_servicer, metrics, http, view)
     threading.Thread(target=_readiness, args=(running,), name="store-readiness", daemon=True).start()
     return running
 

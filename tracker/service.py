@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
@@ -19,6 +20,7 @@ import pandas as pd
 from loopstream.core.detections import LOOP_COLUMNS, decode_loops
 from loopstream.tracker import export
 from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
+from loopstream.tracker.previews import LatestPreviews
 from loopstream.tracker.rollout import PolicyFile
 from loopstream.tracker.store import store_error_kind, store_error_sentence
 from loopstream.tracker.validation import FrameInput, ShadowInput
@@ -189,6 +191,7 @@ class TrackerService(pb_grpc.TrackerServicer):
         engine: TrackerEngine,
         on_frame: Callable[[IngestResult, pb.FrameDetections, float], None] | None = None,
         policy: PolicyFile | None = None,
+        previews: LatestPreviews | None = None,
         on_store_error: Callable[[str], None] | None = None,
         limits: StreamLimits = StreamLimits(),
     ) -> None:
@@ -200,6 +203,7 @@ class TrackerService(pb_grpc.TrackerServicer):
         self._streams = _Slots(
             "StreamDetections streams", limits.detection_streams, "--max-detection-streams"
         )
+        self.previews = previews  # where a frame's preview goes (the web view); None = dropped
 
     @_status_codes
     def OpenSession(self, request: pb.SessionSpec, context: grpc.ServicerContext) -> pb.Session:
@@ -207,7 +211,10 @@ class TrackerService(pb_grpc.TrackerServicer):
 
     @_status_codes
     def CloseSession(self, request: pb.SessionRef, context: grpc.ServicerContext) -> pb.Session:
-        return _session_message(self.engine.close_session(request.session_id))
+        closed = _session_message(self.engine.close_session(request.session_id))
+        if self.previews is not None:
+            self.previews.discard(request.session_id)  # memory holds previews of open sessions only
+        return closed
 
     @_status_codes
     def GetSession(self, request: pb.SessionRef, context: grpc.ServicerContext) -> pb.Session:
@@ -259,6 +266,15 @@ class TrackerService(pb_grpc.TrackerServicer):
                 # Refused only because we are stopping: no ack, so the client resends it to the
                 # restarted tracker (an end of the stream it did not ask for is its cue to reconnect).
                 return
+            if (
+                result.accepted
+                and not result.duplicate
+                and msg.HasField("preview")
+                and self.previews is not None
+            ):
+                problem = self.previews.offer(msg.session_id, msg.frame_index, msg.preview)
+                if problem:  # the detections are stored all the same: only the picture is lost
+                    result = dataclasses.replace(result, error=f"frame stored, preview dropped: {problem}")
             if self.on_frame is not None:
                 self.on_frame(result, msg, time.perf_counter() - received)
             yield pb.Ack(

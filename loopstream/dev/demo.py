@@ -29,6 +29,7 @@ from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
 SAMPLE_PIXEL_SIZE_NM = 200.0 / 512  # creme-ds25s: 200 nm field of view on 512 px
+PREVIEW_EVERY = 5  # frames between the previews the demo sends to the live view
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,8 @@ def watch_statistics(stack: LocalStack, session_id: str, every: int, stop: threa
 
 
 def run_session(stack: LocalStack, spec: pb.SessionSpec, source, every: int) -> SessionReport:
-    session = MicroscopeSession(Endpoints(stack.triton_url, stack.tracker_url, stack.token), spec)
+    endpoints = Endpoints(stack.triton_url, stack.tracker_url, stack.token, preview_every=PREVIEW_EVERY)
+    session = MicroscopeSession(endpoints, spec)
     stop = threading.Event()
     watcher = threading.Thread(
         target=watch_statistics, args=(stack, session.session.session_id, every, stop), daemon=True
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loopstream demo: local Triton + tracker, report in {out}", flush=True)
     with LocalStack(out / "services") as stack:
         print(f"Triton gRPC {stack.triton_url}, tracker {stack.tracker_url}", flush=True)
+        # The link signs the browser in (a cookie) and opens the control room; local, so the token
+        # in it goes nowhere else. It works while the demo runs.
+        print(f"live view: {stack.view_url}/login?token={stack.token}", flush=True)
         runs = [
             (
                 "simulated",

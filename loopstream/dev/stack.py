@@ -32,6 +32,7 @@ class LocalStack:
     triton: ServiceProcess | None = None
     tracker: ServiceProcess | None = None
     tracker_port: int = 0
+    view_port: int = 0  # the tracker's live web view; 0 until started
 
     @property
     def triton_url(self) -> str:
@@ -40,6 +41,10 @@ class LocalStack:
     @property
     def tracker_url(self) -> str:
         return f"127.0.0.1:{self.tracker_port}"
+
+    @property
+    def view_url(self) -> str:
+        return f"http://127.0.0.1:{self.view_port}"
 
     def start(self) -> LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +68,7 @@ class LocalStack:
     def start_tracker(self, timeout_s: float = 60.0) -> None:
         """Start (or restart, on the same database) the tracker and wait until it is SERVING."""
         port_file = self.workdir / "tracker.port"
+        view_port_file = self.workdir / "tracker-view.port"
         port_file.unlink(missing_ok=True)
         db = self.tracker_db or self.workdir / "tracker.db"
         env = dict(os.environ, LOOPSTREAM_TRACKER_TOKEN=self.token)
@@ -74,6 +80,8 @@ class LocalStack:
             f"--port={self.tracker_port}",  # 0 the first time; the same port after a restart
             f"--port-file={port_file}",
             "--metrics-port=0",
+            f"--view-port={self.view_port}",  # 0 the first time; the same port after a restart
+            f"--view-port-file={view_port_file}",
             f"--db={db}",
         ]
         if self.ab_policy is not None:
@@ -84,6 +92,7 @@ class LocalStack:
             if not port_file.exists() or not port_file.read_text().strip():
                 return False
             self.tracker_port = int(port_file.read_text())
+            self.view_port = int(view_port_file.read_text())  # written before the gRPC port's file
             with grpc.insecure_channel(self.tracker_url) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
             return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -115,7 +115,7 @@ class Loop(_message.Message):
     def __init__(self, score: _Optional[float] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_px: _Optional[float] = ..., minor_px: _Optional[float] = ..., angle_deg: _Optional[float] = ..., area_px: _Optional[float] = ..., bbox: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
 
 class FrameDetections(_message.Message):
-    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops", "latency_s", "shadow")
+    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops", "latency_s", "shadow", "preview")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class FrameDetections(_message.Message):
     LOOPS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frame_index: int
     timestamp_s: float
@@ -136,7 +137,20 @@ class FrameDetections(_message.Message):
     loops: _containers.RepeatedCompositeFieldContainer[Loop]
     latency_s: float
     shadow: ShadowAgreement
-    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ..., latency_s: _Optional[float] = ..., shadow: _Optional[_Union[ShadowAgreement, _Mapping]] = ...) -> None: ...
+    preview: Preview
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ..., latency_s: _Optional[float] = ..., shadow: _Optional[_Union[ShadowAgreement, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ...) -> None: ...
+
+class Preview(_message.Message):
+    __slots__ = ("media_type", "data", "width_px", "height_px")
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_PX_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_PX_FIELD_NUMBER: _ClassVar[int]
+    media_type: str
+    data: bytes
+    width_px: int
+    height_px: int
+    def __init__(self, media_type: _Optional[str] = ..., data: _Optional[bytes] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ...) -> None: ...
 
 class ShadowAgreement(_message.Message):
     __slots__ = ("model_version", "candidate_loop_count", "matched", "f1", "latency_s")
