@@ -20,11 +20,11 @@ import contextlib
 import hashlib
 import hmac
 import html
-import io
 import json
 import logging
 import math
 import ssl
+import tempfile
 import threading
 import time
 import zipfile
@@ -459,18 +459,37 @@ class WebView:
     async def _export(self, request: web.Request) -> web.Response:
         sid = request.match_info["sid"]
         try:
-            files = await self._read(export.export_session, self.engine, sid)
+            archive = await self._read(self._zip_export, sid)
         except SessionNotFound as e:
             raise web.HTTPNotFound(text=str(e)) from None
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for f in files:
-                archive.writestr(f.name, f.content)
-        return web.Response(
-            body=buffer.getvalue(),
-            content_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="loopstream-{sid}.zip"'},
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/zip",
+                "Content-Disposition": f'attachment; filename="loopstream-{sid}.zip"',
+            }
         )
+        await response.prepare(request)
+        with archive:
+            while piece := archive.read(export.CHUNK_BYTES):
+                await response.write(piece)
+        await response.write_eof()
+        return response
+
+    def _zip_export(self, sid: str) -> tempfile.SpooledTemporaryFile:
+        """The session's export as one zip, written piece by piece as the store is read (the
+        export streams; a spooled file keeps memory bounded for large sessions)."""
+        spool = tempfile.SpooledTemporaryFile(max_size=export.CHUNK_BYTES)  # noqa: SIM115 (returned open)
+        with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
+            member = None
+            for chunk in export.export_session(self.engine, sid):
+                if member is None:
+                    member = archive.open(chunk.name, "w", force_zip64=True)
+                member.write(chunk.data)
+                if chunk.last:
+                    member.close()
+                    member = None
+        spool.seek(0)
+        return spool
 
     # -- Server-Sent Events -----------------------------------------------------------------
 
