@@ -1,7 +1,9 @@
 """Tracking science against the simulator's ground truth, through the real gRPC API.
 
 520 frames, ~70 loops per frame of 1024^2 px, stage drift (0.5, -0.3) px/frame, loop growth
-0.08-0.2 px/frame, detector noise (0.2 px centres, 0.3 px sizes, 2 % misses, false positives).
+0.08-0.2 px/frame, seen through the detection-noise model of ``synthetic.DetectorNoise`` (what
+the shipped models do: recall 75 %, a false detection per ten loops, 15 % size noise, 0.3 px
+centre jitter, touching loops merged now and then). Targets are issue 15's.
 """
 
 from __future__ import annotations
@@ -55,17 +57,34 @@ def run(tmp_path_factory):
 
 
 def test_enough_loops_per_frame(run):
-    _, _, stats, _ = run
-    counts = [f.loop_count for f in stats.frames]
-    assert len(counts) == N_FRAMES and min(counts) >= 50
+    mic, _, stats, _ = run
+    assert len(stats.frames) == N_FRAMES
+    assert min(len(mic.truth(f.frame_index)) for f in stats.frames[::10]) >= 50  # in the field
+    assert min(f.loop_count for f in stats.frames) >= 40  # detected (recall ~75 %, false ones)
 
 
-def test_drift_within_one_pixel_at_every_frame(run):
+def test_noise_model_is_a_realistic_detector():
+    """Recall, false detections, size noise and merges as DetectorNoise states them."""
+    mic = SimulatedMicroscope(CONFIG, seed=3)
+    frames = range(100, N_FRAMES, 5)
+    truth = pd.concat([mic.truth(i) for i in frames], ignore_index=True)
+    found = pd.concat([synthetic.detections(mic, i).assign(frame=i) for i in frames], ignore_index=True)
+    real = found[found.loop_id >= 0].merge(truth, on=["frame", "loop_id"], suffixes=("", "_true"))
+    assert 0.70 <= len(real) / len(truth) <= 0.78, f"recall {len(real) / len(truth):.3f}"
+    false = (found.loop_id == -1).sum() / len(truth)
+    assert 0.07 <= false <= 0.13, f"false detections per loop {false:.3f}"
+    size_error = real.major_px / real.major_px_true - 1
+    merged = size_error > 0.6  # one detection covering two touching loops
+    assert 0 < merged.sum() < 0.05 * len(real), f"{merged.sum()} merged of {len(real)}"
+    assert 0.13 <= size_error[~merged].std() <= 0.17, f"size noise {size_error[~merged].std():.3f}"
+
+
+def test_drift_within_0_3_px_at_every_frame(run):
     mic, _, stats, _ = run
     truth = np.array([mic.stage_offset(f.frame_index) for f in stats.frames])
     estimate = np.array([(f.drift_x_px, f.drift_y_px) for f in stats.frames])
     error = np.hypot(*(estimate - truth).T)
-    assert error.max() < 1.0, f"worst drift error {error.max():.3f} px at frame {error.argmax()}"
+    assert error.max() <= 0.3, f"worst drift error {error.max():.3f} px at frame {error.argmax()}"
     assert stats.summary.drift_rate_x_px_per_frame == pytest.approx(0.5, abs=0.01)
     assert stats.summary.drift_rate_y_px_per_frame == pytest.approx(-0.3, abs=0.01)
 
@@ -96,21 +115,25 @@ def test_track_purity(run):
     # Not fragmented either: most true loops live in one track.
     real = points[points.loop_id >= 0]
     tracks_per_loop = real.groupby("loop_id").track_id.nunique().mean()
-    assert tracks_per_loop < 1.1, f"{tracks_per_loop:.3f} tracks per true loop"
+    assert tracks_per_loop <= 1.3, f"{tracks_per_loop:.3f} tracks per true loop"
 
 
-def test_growth_rate_within_ten_percent_for_long_tracks(run):
+def test_median_growth_rate_within_ten_percent_for_long_tracks(run):
     mic, _, _, tracks = run
     points = _points_with_truth(run)
     owner = points.groupby("track_id").loop_id.agg(lambda ids: ids.value_counts().index[0])
     nm_per_s = CONFIG.pixel_size_nm * CONFIG.frame_rate_hz
     long_tracks = [t for t in tracks if t.length > 50]
     assert len(long_tracks) >= 50
-    errors = []
+    errors, covered = [], []
     for t in long_tracks:
         true_rate = mic.loops.growth[owner[t.track_id]] * nm_per_s
         errors.append((t.growth_rate_nm_s - true_rate) / true_rate)
+        covered.append(abs(t.growth_rate_nm_s - true_rate) <= t.growth_rate_ci95_nm_s)
     errors = np.abs(errors)
-    assert errors.max() <= 0.10, (
-        f"worst growth-rate error {100 * errors.max():.1f} % (median {100 * np.median(errors):.1f} %)"
+    message = (
+        f"growth-rate error: median {100 * np.median(errors):.1f} %, 90th percentile "
+        f"{100 * np.percentile(errors, 90):.1f} %, CI coverage {np.mean(covered):.2f}"
     )
+    assert np.median(errors) <= 0.10, message
+    assert np.mean(covered) >= 0.8, message  # the stated uncertainty means something

@@ -249,6 +249,7 @@ class TrackerService(pb_grpc.TrackerServicer):
                     birth_frame=int(t.birth_frame),
                     death_frame=int(t.death_frame),
                     growth_rate_nm_s=t.growth_rate_nm_s,
+                    growth_rate_ci95_nm_s=t.growth_rate_ci95_nm_s,
                     lifetime_s=t.lifetime_s,
                     displacement_nm=t.displacement_nm,
                     length=int(t.length),

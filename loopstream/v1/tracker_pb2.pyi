@@ -273,7 +273,7 @@ class TrackPoint(_message.Message):
     def __init__(self, frame_index: _Optional[int] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_nm: _Optional[float] = ..., minor_nm: _Optional[float] = ..., timestamp_s: _Optional[float] = ..., x_corrected_px: _Optional[float] = ..., y_corrected_px: _Optional[float] = ...) -> None: ...
 
 class Track(_message.Message):
-    __slots__ = ("track_id", "birth_frame", "death_frame", "points", "growth_rate_nm_s", "lifetime_s", "displacement_nm", "length")
+    __slots__ = ("track_id", "birth_frame", "death_frame", "points", "growth_rate_nm_s", "lifetime_s", "displacement_nm", "length", "growth_rate_ci95_nm_s")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     BIRTH_FRAME_FIELD_NUMBER: _ClassVar[int]
     DEATH_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,7 @@ class Track(_message.Message):
     LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
     DISPLACEMENT_NM_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GROWTH_RATE_CI95_NM_S_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     birth_frame: int
     death_frame: int
@@ -290,7 +291,8 @@ class Track(_message.Message):
     lifetime_s: float
     displacement_nm: float
     length: int
-    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ..., growth_rate_nm_s: _Optional[float] = ..., lifetime_s: _Optional[float] = ..., displacement_nm: _Optional[float] = ..., length: _Optional[int] = ...) -> None: ...
+    growth_rate_ci95_nm_s: float
+    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ..., growth_rate_nm_s: _Optional[float] = ..., lifetime_s: _Optional[float] = ..., displacement_nm: _Optional[float] = ..., length: _Optional[int] = ..., growth_rate_ci95_nm_s: _Optional[float] = ...) -> None: ...
 
 class TracksRequest(_message.Message):
     __slots__ = ("session_id", "min_length")
