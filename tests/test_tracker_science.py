@@ -137,3 +137,76 @@ def test_median_growth_rate_within_ten_percent_for_long_tracks(run):
     )
     assert np.median(errors) <= 0.10, message
     assert np.mean(covered) >= 0.8, message  # the stated uncertainty means something
+
+
+def _interior_band_px(sent: pd.DataFrame) -> float:
+    """The edge band ``statistics.loop_turnover`` leaves out: mean diameter + search range (px)."""
+    return sent.major_px.mean() + 4.0 / CONFIG.pixel_size_nm
+
+
+def _inside(x: np.ndarray, y: np.ndarray, band: float, size: int) -> np.ndarray:
+    return (x > band) & (x < size - band) & (y > band) & (y < size - band)
+
+
+def test_nucleation_and_loss_rates_match_the_simulated_truth(run):
+    """Loops born / vanished in the interior of the field, counted from the simulator's own loops."""
+    mic, sent, stats, _ = run
+    band = _interior_band_px(sent)
+    memory = 8
+    loops = mic.loops
+    vx, vy = CONFIG.drift_px_per_frame
+    born = loops[(loops.birth > memory) & (loops.birth < N_FRAMES)]
+    died = loops[(loops.death > 0) & (loops.death < N_FRAMES - 1 - memory)]
+    n_born = _inside(born.x + vx * born.birth, born.y + vy * born.birth, band, 1024).sum()
+    n_died = _inside(died.x + vx * (died.death - 1), died.y + vy * (died.death - 1), band, 1024).sum()
+    area_um2 = (1024 - 2 * band) ** 2 * (CONFIG.pixel_size_nm * 1e-3) ** 2
+    duration_s = (N_FRAMES - 1) / CONFIG.frame_rate_hz
+    fluence = CONFIG.dose_rate_ions_cm2_s * duration_s
+    s = stats.summary
+    assert n_born >= 30 and n_died >= 30  # enough events for a 25 % check
+    assert s.nucleation_rate_per_um2_s == pytest.approx(n_born / area_um2 / duration_s, rel=0.25)
+    assert s.nucleation_per_um2_per_ion_cm2 == pytest.approx(n_born / area_um2 / fluence, rel=0.25)
+    assert s.loss_rate_per_um2_s == pytest.approx(n_died / area_um2 / duration_s, rel=0.25)
+
+
+COALESCING = SimulationConfig(
+    shape=(512, 512),
+    n_frames=400,
+    initial_loops=30,
+    coalescences=12,
+    drift_px_per_frame=(0.3, -0.2),
+    growth_px_per_frame=(0.0, 0.02),
+)
+DPA_PER_ION_CM2 = 2.5e-15  # e.g. 1 MeV Kr in Fe near the surface
+
+
+def test_coalescence_events_and_dose_in_dpa(tmp_path):
+    """A session with 12 known coalescences (simulator) and a dpa-per-fluence factor."""
+    mic = SimulatedMicroscope(COALESCING, seed=5)
+    running = serve(ServerConfig(db=tmp_path / "t.db", port=0, metrics_port=-1))
+    client = TrackerClient(f"127.0.0.1:{running.port}")
+    try:
+        spec = pb.SessionSpec(
+            pixel_size_nm=COALESCING.pixel_size_nm,
+            frame_rate_hz=COALESCING.frame_rate_hz,
+            dose_rate_ions_cm2_s=COALESCING.dose_rate_ions_cm2_s,
+            search_range_nm=4.0,
+            dpa_per_ion_cm2=DPA_PER_ION_CM2,
+        )
+        session = client.OpenSession(spec)
+        assert session.spec.dpa_per_ion_cm2 == DPA_PER_ION_CM2
+        messages = (
+            frame_message(session.session_id, i, i / 10.0, synthetic.detections(mic, i), 512, 512)
+            for i in range(COALESCING.n_frames)
+        )
+        assert all(a.accepted for a in client.stream(messages))
+        stats = client.GetStatistics(pb.StatisticsRequest(session_id=session.session_id))
+    finally:
+        client.close()
+        running.stop(0.5)
+    assert (mic.loops.jump_px > 0).sum() == 12
+    print(f"coalescence events: {stats.summary.coalescence_events} found, 12 simulated")
+    assert 9 <= stats.summary.coalescence_events <= 15, stats.summary.coalescence_events
+    last = stats.frames[-1]
+    assert last.dose_dpa == pytest.approx(last.fluence_ions_cm2 * DPA_PER_ION_CM2)
+    assert stats.summary.dose_dpa == pytest.approx(last.timestamp_s * 1e11 * DPA_PER_ION_CM2)

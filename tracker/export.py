@@ -76,6 +76,9 @@ def export_session(engine: TrackerEngine, session_id: str) -> list[ExportedFile]
         ExportedFile("lifetime_histogram.png", "image/png", plot_lifetime_histogram(lifetimes)),
         ExportedFile("tracks.png", "image/png", plot_tracks(detections, frames)),
     ]
+    if session["dpa_per_ion_cm2"] > 0:  # the dpa axis exists only when the session gave the factor
+        by_dose = plot_series(frames, "dose_dpa", "dose (dpa)")
+        files.append(ExportedFile("density_size_vs_dpa.png", "image/png", by_dose))
     return files
 
 
@@ -86,7 +89,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def plot_series(frames: pd.DataFrame, x: str, xlabel: str) -> bytes:
-    """Areal density and mean D / Dm against ``x`` (time or fluence)."""
+    """Areal density and mean D / Dm against ``x`` (time, fluence or dose in dpa)."""
     fig = Figure(figsize=(8, 6), dpi=100)
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(frames[x], frames.density_per_um2, color="tab:blue")

@@ -35,6 +35,7 @@ def _session_message(s: dict) -> pb.Session:
         pixel_size_nm=s["pixel_size_nm"],
         frame_rate_hz=s["frame_rate_hz"],
         dose_rate_ions_cm2_s=s["dose_rate_ions_cm2_s"],
+        dpa_per_ion_cm2=s["dpa_per_ion_cm2"],
         model_family=int(s["model_family"]),
         search_range_nm=s["search_range_nm"],
         memory_frames=int(s["memory_frames"]),
@@ -91,6 +92,7 @@ def _frame_statistics(row) -> pb.FrameStatistics:
         drift_x_nm=row.drift_x_nm,
         drift_y_nm=row.drift_y_nm,
         linked_count=int(row.linked_count),
+        dose_dpa=row.dose_dpa,
     )
 
 

@@ -1,7 +1,10 @@
 """The numbers physicists read (DESIGN.md section 4), as small pure functions over DataFrames.
 
 Units: positions and axes of detections in px; ``pixel_size_nm`` converts; times in s; fluence in
-ions/cm^2 = dose rate [ions/cm^2/s] x time [s]; areal density per um^2.
+ions/cm^2 = dose rate [ions/cm^2/s] x time [s]; areal density per um^2. Dose in dpa = fluence x the
+session's ``dpa_per_ion_cm2``, the displacement cross-section the user computes with SRIM for the
+ion, energy and target (e.g. its vacancy.txt displacements per ion per Angstrom at the depth the
+microscope sees, x 1e8 / atoms per cm^3).
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ def frame_statistics(
         "foreground_percent": 100.0 * ellipse_px2 / (width_px * height_px),
         "fluence_ions_cm2": dose_rate_ions_cm2_s * timestamp_s,
     }
+
+
+def with_dose(frames: pd.DataFrame, dpa_per_ion_cm2: float) -> pd.DataFrame:
+    """``frames`` with ``dose_dpa`` = fluence x the session's dpa per ion/cm^2 (0 when unknown).
+
+    >>> with_dose(pd.DataFrame({"fluence_ions_cm2": [0.0, 2e14]}), 1e-15).dose_dpa.tolist()
+    [0.0, 0.2]
+    """
+    return frames.assign(dose_dpa=frames.fluence_ions_cm2 * dpa_per_ion_cm2)
 
 
 def tracks_table(detections: pd.DataFrame, frames: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
@@ -120,15 +132,18 @@ def drift_rate(frames: pd.DataFrame) -> tuple[float, float]:
     )
 
 
-def session_summary(frames: pd.DataFrame, tracks: pd.DataFrame, pixel_size_nm: float) -> dict[str, float]:
-    """Means over frames, drift rates, lifetime and mean free path of tracks that ended.
+def session_summary(frames: pd.DataFrame, detections: pd.DataFrame, session: dict) -> dict[str, float]:
+    """Means over frames, drift rates, lifetimes, free paths, nucleation, loss and coalescence.
 
-    A track "ended" if it was last seen before the session's last frame; tracks still alive would
-    bias lifetimes and free paths low.
+    ``session`` is the stored session record (pixel size, memory, dpa per fluence). A track
+    "ended" if it was last seen before the session's last frame; tracks still alive would bias
+    lifetimes and free paths low.
     """
     nan = float("nan")
     if frames.empty:
         return {"frames": 0, "tracks": 0}
+    pixel_size_nm = session["pixel_size_nm"]
+    tracks = tracks_table(detections, frames, pixel_size_nm)
     rate_x, rate_y = drift_rate(frames)
     duration = float(frames.timestamp_s.iloc[-1] - frames.timestamp_s.iloc[0])
     seconds_per_frame = (
@@ -136,6 +151,8 @@ def session_summary(frames: pd.DataFrame, tracks: pd.DataFrame, pixel_size_nm: f
     )
     ended = tracks[tracks.death_frame < frames.frame_index.iloc[-1]]
     grown = tracks.dropna(subset=["growth_rate_nm_s"])
+    fluence = float(frames.fluence_ions_cm2.iloc[-1])
+    turnover = loop_turnover(detections, frames, session)
     return {
         "frames": len(frames),
         "mean_loop_count": float(frames.loop_count.mean()),
@@ -144,7 +161,7 @@ def session_summary(frames: pd.DataFrame, tracks: pd.DataFrame, pixel_size_nm: f
         "mean_minor_nm": float(frames.mean_minor_nm.mean()),
         "tracks": len(tracks),
         "duration_s": duration,
-        "fluence_ions_cm2": float(frames.fluence_ions_cm2.iloc[-1]),
+        "fluence_ions_cm2": fluence,
         "drift_rate_x_px_per_frame": rate_x,
         "drift_rate_y_px_per_frame": rate_y,
         "drift_rate_x_nm_per_s": rate_x * pixel_size_nm / seconds_per_frame,
@@ -152,7 +169,93 @@ def session_summary(frames: pd.DataFrame, tracks: pd.DataFrame, pixel_size_nm: f
         "mean_lifetime_s": float(ended.lifetime_s.mean()) if len(ended) else nan,
         "mean_free_path_nm": float(ended.displacement_nm.mean()) if len(ended) else nan,
         "mean_growth_rate_nm_s": float(grown.growth_rate_nm_s.mean()) if len(grown) else nan,
+        **turnover,
+        "dose_dpa": fluence * session.get("dpa_per_ion_cm2", 0.0),
     }
+
+
+# A track counts as a loop's birth or death only with this many detections: false detections and
+# the fragments of a merged detection rarely last that long.
+MIN_TRACK_DETECTIONS = 5
+COALESCENCE_SIZE_JUMP = 1.15  # D after / D before (medians of 5): two touching equal loops give 1.41
+
+
+def loop_turnover(detections: pd.DataFrame, frames: pd.DataFrame, session: dict) -> dict[str, float]:
+    """Nucleation and loss rates (per um^2 per s, and nucleation per um^2 per ion/cm^2) and the
+    number of coalescence events.
+
+    A nucleation is a track born after the first frame away from the field's edges (loops drifting
+    in are not born); a loss, one that ended (unseen for longer than the linker's memory) away from
+    the edges. Both count tracks of >= ``MIN_TRACK_DETECTIONS`` detections only, over the interior
+    area (the field less an edge band of the loops' mean diameter plus the search range). A
+    coalescence is a loss whose last detection touches a loop that goes on (linked on, or a new
+    track within the memory) at >= ``COALESCENCE_SIZE_JUMP`` times the larger of the two sizes
+    before: two tracks ending where one larger loop continues. One continuing loop that swallows
+    two ended tracks at once counts once.
+    """
+    nan = float("nan")
+    out = {
+        "nucleation_rate_per_um2_s": nan,
+        "nucleation_per_um2_per_ion_cm2": nan,
+        "loss_rate_per_um2_s": nan,
+        "coalescence_events": 0,
+    }
+    if len(frames) < 2 or detections.empty:
+        return out
+    memory = int(session["memory_frames"])
+    pixel_nm = session["pixel_size_nm"]
+    first_frame, last_frame = int(frames.frame_index.iloc[0]), int(frames.frame_index.iloc[-1])
+    width, height = float(frames.width_px.iloc[-1]), float(frames.height_px.iloc[-1])
+    band = float(detections.major_px.mean()) + session["search_range_nm"] / pixel_nm
+    interior_um2 = max(width - 2 * band, 0.0) * max(height - 2 * band, 0.0) * (pixel_nm * 1e-3) ** 2
+    if interior_um2 <= 0:
+        return out
+    d = detections.sort_values(["track_id", "frame_index"], kind="stable")
+    g = d.groupby("track_id")
+    size = g.size()
+    first, last = g.first(), g.last()
+
+    def inside(points: pd.DataFrame) -> pd.Series:
+        x, y = points.x_px, points.y_px
+        return (x > band) & (x < width - band) & (y > band) & (y < height - band)
+
+    real = size >= MIN_TRACK_DETECTIONS
+    born = real & (first.frame_index > first_frame + memory) & inside(first)
+    lost = real & (last.frame_index < last_frame - memory) & inside(last)
+    duration = float(frames.timestamp_s.iloc[-1] - frames.timestamp_s.iloc[0])
+    fluence = float(frames.fluence_ions_cm2.iloc[-1] - frames.fluence_ions_cm2.iloc[0])
+    if duration > 0:
+        out["nucleation_rate_per_um2_s"] = int(born.sum()) / interior_um2 / duration
+        out["loss_rate_per_um2_s"] = int(lost.sum()) / interior_um2 / duration
+    if fluence > 0:
+        out["nucleation_per_um2_per_ion_cm2"] = int(born.sum()) / interior_um2 / fluence
+    out["coalescence_events"] = _coalescences(d, last[lost], memory)
+    return out
+
+
+def _coalescences(d: pd.DataFrame, ended: pd.DataFrame, memory: int) -> int:
+    """Coalescence events of ``loop_turnover``: ``d`` is sorted by track then frame."""
+    by_frame = d.set_index("frame_index", drop=False).sort_index()
+    tracks = dict(tuple(d.groupby("track_id")))
+    absorbers: set[tuple[int, int]] = set()
+    for track_id, end in ended.iterrows():
+        k = int(end.frame_index)
+        mine = tracks[track_id]
+        d_end = float(mine.major_px.iloc[-5:].median())
+        near = by_frame.loc[k + 1 : k + memory + 1]
+        near = near[near.track_id != track_id]
+        dx, dy = near.x_corrected_px - end.x_corrected_px, near.y_corrected_px - end.y_corrected_px
+        near = near[np.hypot(dx, dy) <= 0.6 * (d_end + near.major_px)]
+        for other in near.track_id.unique().tolist():
+            theirs = tracks[other]
+            before = theirs[theirs.frame_index <= k].major_px.iloc[-5:]
+            after = theirs[theirs.frame_index > k].major_px.iloc[:5]
+            reference = max(d_end, float(before.median())) if len(before) else d_end
+            if len(after) >= 3 and float(after.median()) >= COALESCENCE_SIZE_JUMP * reference:
+                newborn = int(theirs.frame_index.iloc[0]) > k  # counts once, however many it took in
+                absorbers.add((int(other), -1 if newborn else k))
+                break
+    return len(absorbers)
 
 
 def size_histogram(detections: pd.DataFrame, pixel_size_nm: float, bins: int = 30) -> pd.DataFrame:

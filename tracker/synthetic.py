@@ -38,7 +38,6 @@ class DetectorNoise:
     merge_rate: float = 0.2  # probability that two touching loops are detected as one, per frame
 
 
-
 def merged(truth: pd.DataFrame, merge_rate: float, rng: np.random.Generator) -> pd.DataFrame:
     """``truth`` with some touching pairs (centres closer than the sum of their mean radii) replaced
     by one loop covering both, at their area-weighted centre, with the larger one's id."""
