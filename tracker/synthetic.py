@@ -38,6 +38,10 @@ class DetectorNoise:
     merge_rate: float = 0.2  # probability that two touching loops are detected as one, per frame
 
 
+# A near-perfect detector, for tests of plumbing rather than of tracking under noise.
+CLEAN = DetectorNoise(position_px=0.2, size_fraction=0.01, miss_rate=0.02, false_rate=0.01, merge_rate=0.0)
+
+
 def merged(truth: pd.DataFrame, merge_rate: float, rng: np.random.Generator) -> pd.DataFrame:
     """``truth`` with some touching pairs (centres closer than the sum of their mean radii) replaced
     by one loop covering both, at their area-weighted centre, with the larger one's id."""
