@@ -20,6 +20,8 @@ Sci. 197 (2021) 110560 with any figure from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -148,16 +150,16 @@ def box_ap50(truth: dict[int, np.ndarray], found: dict[int, tuple[np.ndarray, np
                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
                 }
             )
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "loop"}]}
-    coco.createIndex()
-    evaluation = COCOeval(coco, coco.loadRes(results), iouType="bbox")
-    evaluation.params.iouThrs = np.array([0.5])
-    evaluation.params.maxDets = [1000, 1000, 1000]
-    evaluation.evaluate()
-    evaluation.accumulate()
-    evaluation.summarize()
-    return 100.0 * float(evaluation.stats[0])
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "loop"}]}
+        coco.createIndex()
+        evaluation = COCOeval(coco, coco.loadRes(results), iouType="bbox")
+        evaluation.params.maxDets = [10, 100, 1000]  # stats[1]: AP at IoU 0.5, up to 1000 per frame
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return 100.0 * float(evaluation.stats[1])
 
 
 def report(args: argparse.Namespace) -> str:
