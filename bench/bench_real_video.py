@@ -152,7 +152,8 @@ def box_ap50(truth: dict[int, np.ndarray], found: dict[int, tuple[np.ndarray, np
             )
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco = COCO()
-        coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "loop"}]}
+        categories = [{"id": 1, "name": "loop"}]
+        coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
         coco.createIndex()
         evaluation = COCOeval(coco, coco.loadRes(results), iouType="bbox")
         evaluation.params.maxDets = [10, 100, 1000]  # stats[1]: AP at IoU 0.5, up to 1000 per frame
@@ -236,7 +237,7 @@ def report(args: argparse.Namespace) -> str:
         }
         rows.append(
             (
-                f"labelled frames ({len(truth)}): mean |count error| (pooled), target <= 10 %",
+                f"labelled frames ({len(truth)}): mean absolute count error (pooled), target <= 10 %",
                 f"{mean_abs['ours']:.0f} % ({100 * (ours_total - total) / total:+.0f} %)",
                 f"{mean_abs['peer']:.0f} % ({100 * (peer_total - total) / total:+.0f} %)",
             )
