@@ -30,7 +30,7 @@ Mask R-CNN, and how each difference is implemented:
    32;64;128;256;512) unless the checkpoint stores its cell anchors (older detectron2), which
    are then used as they are.
 7. Masks: sigmoid of the loop channel on 28x28, pasted at pixel centres inside the box and
-   thresholded at 0.5 (``loopstream.serving.instance.paste_mask``, detectron2's
+   thresholded at 0.5 (``loopstream.serving.instance_merge.paste_mask``, detectron2's
    ``paste_masks_in_image``), outside the exported graph.
 8. No resize inside the model: detectron2's DefaultPredictor resizes the short side to 800 px;
    loopstream feeds native-resolution tiles (H, W multiples of 32 so FPN's size-32 padding is a

@@ -1,7 +1,7 @@
 """Evaluation CLI (``python -m loopstream.models.evaluate``): per-image and overall loop metrics.
 
 For each image: F, N, D, Dm (px and nm) of prediction and truth, their relative errors, S_re, P1,
-P2 (DESIGN.md section 4, ``loopstream.metrics``) and precision / recall / F1 of loops matched at
+P2 (DESIGN.md section 4, ``loopstream.core.measures``) and precision / recall / F1 of loops matched at
 mask IoU >= 0.5; overall, the same on all images pooled (F over all pixels, N summed, sizes
 averaged over all loops) plus COCO mask AP (pycocotools) for COCO datasets. Writes
 ``summary.csv`` (one row per image and an ``overall`` row), ``loops/<image>.csv`` (one row per
@@ -31,8 +31,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from loopstream import metrics
-from loopstream.instances import detections_from_labels, empty_detections
+from loopstream.core import measures
+from loopstream.core.ellipses import detections_from_labels, empty_detections
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.datasets import CocoLoops, instances_from_ellipses
 from loopstream.models.predict import (
     DEFAULT_THRESHOLD,
@@ -42,7 +43,6 @@ from loopstream.models.predict import (
     label_probabilities,
     load_logits_fn,
 )
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 PIXEL_NM = 200.0 / 512.0  # creme-ds25s: 200 nm field of view on 512 px
 THRESHOLD_GRID = tuple(np.round(np.arange(0.2, 0.81, 0.05), 2))
@@ -57,7 +57,7 @@ class TruthImage:
 
     @property
     def loops(self) -> pd.DataFrame:
-        """Ellipse of each true loop, fitted exactly as predictions are (loopstream.instances)."""
+        """Ellipse of each true loop, fitted exactly as predictions are (loopstream.core.ellipses)."""
         rows = [detections_from_labels(m.astype(np.int32)) for m in self.instances if m.any()]
         return pd.concat(rows, ignore_index=True) if rows else empty_detections()
 
@@ -84,14 +84,14 @@ def simulated_images(seeds: Sequence[int], shape: tuple[int, int] = (512, 512)) 
 
 
 def image_row(
-    name: str, truth: metrics.ImageStatistics, pred: metrics.ImageStatistics, match, pixel_nm: float
+    name: str, truth: measures.ImageStatistics, pred: measures.ImageStatistics, match, pixel_nm: float
 ):
     """One summary row: statistics (px, nm), relative errors (%), P1, P2, matching scores."""
-    f_re = metrics.relative_error(pred.f_pct, truth.f_pct)
-    n_re = metrics.relative_error(pred.n, truth.n)
-    d_re = metrics.relative_error(pred.d_px, truth.d_px)
-    dm_re = metrics.relative_error(pred.dm_px, truth.dm_px)
-    s_re = metrics.size_error(d_re, dm_re)
+    f_re = measures.relative_error(pred.f_pct, truth.f_pct)
+    n_re = measures.relative_error(pred.n, truth.n)
+    d_re = measures.relative_error(pred.d_px, truth.d_px)
+    dm_re = measures.relative_error(pred.dm_px, truth.dm_px)
+    s_re = measures.size_error(d_re, dm_re)
     return dict(
         image=name,
         F_gt_pct=truth.f_pct,
@@ -111,8 +111,8 @@ def image_row(
         D_re=d_re,
         Dm_re=dm_re,
         S_re=s_re,
-        P1=metrics.p1(f_re, n_re, s_re),
-        P2=metrics.p2(n_re, d_re, dm_re),
+        P1=measures.p1(f_re, n_re, s_re),
+        P2=measures.p2(n_re, d_re, dm_re),
         matched=match.matched,
         precision=match.precision,
         recall=match.recall,
@@ -124,15 +124,15 @@ def score_predictions(
     images: Sequence[TruthImage], predictions: Sequence[Prediction], pixel_nm: float = PIXEL_NM
 ) -> pd.DataFrame:
     """Per-image rows plus a last ``overall`` row (pooled statistics, summed matches)."""
-    rows, total = [], metrics.MatchScores(0, 0, 0)
+    rows, total = [], measures.MatchScores(0, 0, 0)
     for img, pred in zip(images, predictions, strict=True):
-        match = metrics.match_loops(pred.labels, img.instances)
+        match = measures.match_loops(pred.labels, img.instances)
         total = total + match
-        truth_stats = metrics.image_statistics(img.foreground, img.loops)
-        pred_stats = metrics.image_statistics(pred.labels > 0, pred.detections)
+        truth_stats = measures.image_statistics(img.foreground, img.loops)
+        pred_stats = measures.image_statistics(pred.labels > 0, pred.detections)
         rows.append(image_row(img.name, truth_stats, pred_stats, match, pixel_nm))
-    truth_all = metrics.pooled_statistics([i.foreground for i in images], [i.loops for i in images])
-    pred_all = metrics.pooled_statistics(
+    truth_all = measures.pooled_statistics([i.foreground for i in images], [i.loops for i in images])
+    pred_all = measures.pooled_statistics(
         [p.labels > 0 for p in predictions], [p.detections for p in predictions]
     )
     rows.append(image_row("overall", truth_all, pred_all, total, pixel_nm))

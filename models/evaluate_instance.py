@@ -1,6 +1,6 @@
 """Evaluation CLI for instance models (``python -m loopstream.models.evaluate_instance``).
 
-The frame goes through the serving pipeline (``loopstream.serving.instance``: standardise, tiles,
+The frame goes through the serving pipeline (``loopstream.serving.instance_merge``: standardise, tiles,
 core model, ownership + mask NMS, detectron2 mask pasting, ellipses); scoring, the summary table,
 per-loop CSVs, overlays and COCO mask AP are ``loopstream.models.evaluate``'s, so instance and
 semantic models are measured identically. Where masks overlap, the higher-scoring loop owns the
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from loopstream.imaging import cut_tiles
+from loopstream.core.imaging import cut_tiles
 from loopstream.models.datasets import CocoLoops
 from loopstream.models.evaluate import (
     PIXEL_NM,
@@ -38,7 +38,7 @@ from loopstream.models.evaluate import (
 from loopstream.models.export_instance import load_instance_checkpoint, onnx_tile_fn, torch_tile_fn
 from loopstream.models.predict import Prediction
 from loopstream.serving.frames import PreparedFrame
-from loopstream.serving.instance import (
+from loopstream.serving.instance_merge import (
     InstancePipelineConfig,
     TileDetections,
     detections_from_instances,

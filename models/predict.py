@@ -1,10 +1,11 @@
 """Run a segmentation model on whole frames and turn its output into loops, as serving does.
 
-The frame is standardised whole (``loopstream.imaging.standardise``), cut into overlapping tiles
+The frame is standardised whole (``loopstream.core.imaging.standardise``), cut into overlapping tiles
 of at most 512 px, run through the model, stitched, passed through a sigmoid and labelled with
-``loopstream.instances``; evaluation, threshold tuning and tests therefore measure the same
-pipeline the Triton ensemble runs. A model is either an exported ONNX file (ONNX Runtime) or a
-training checkpoint (eager PyTorch), behind one call signature: [N, 1, H, W] -> [N, 2, H, W].
+``loopstream.core.ellipses``; evaluation, threshold tuning and tests therefore measure the same
+pipeline Triton runs (``loopstream.serving.pipelines``). A model is either an exported ONNX file
+(ONNX Runtime) or a training checkpoint (eager PyTorch), behind one call signature:
+[N, 1, H, W] -> [N, 2, H, W].
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from loopstream.imaging import cut_tiles, standardise, stitch, tile_grid
-from loopstream.instances import detections_from_labels, labels_from_probability
+from loopstream.core.ellipses import detections_from_labels, labels_from_probability
+from loopstream.core.imaging import cut_tiles, standardise, stitch, tile_grid
 from loopstream.models.architectures import SIZE_MULTIPLE_PX, build_model
 
 TILE_PX = 512  # serving tile size
@@ -77,14 +78,7 @@ def frame_probabilities(logits_fn: LogitsFn, frame: np.ndarray) -> np.ndarray:
 class Prediction:
     probabilities: np.ndarray  # [2, H, W]
     labels: np.ndarray  # int32 [H, W], 0 = background
-    detections: pd.DataFrame  # loopstream.instances.DETECTION_COLUMNS
-
-
-def predict_frame(
-    logits_fn: LogitsFn, frame: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_area_px: int = 12
-) -> Prediction:
-    probabilities = frame_probabilities(logits_fn, frame)
-    return label_probabilities(probabilities, threshold, min_area_px)
+    detections: pd.DataFrame  # loopstream.core.detections.LOOP_COLUMNS
 
 
 def label_probabilities(probabilities: np.ndarray, threshold: float, min_area_px: int = 12) -> Prediction:

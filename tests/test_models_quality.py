@@ -12,7 +12,7 @@ import pytest
 
 from loopstream.models.datasets import CocoLoops
 from loopstream.models.evaluate import coco_images, score_predictions, simulated_images
-from loopstream.models.predict import onnx_logits, predict_frame
+from loopstream.models.predict import frame_probabilities, label_probabilities, onnx_logits
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from tests.conftest import CORE_MODEL, CREME, default_version
@@ -23,7 +23,7 @@ SPEC = PipelineSpec.read(REPOSITORY / "loops_semantic" / default_version("loops_
 
 def _predict(run, image: np.ndarray):
     """The default pipeline version's post-processing settings, as served."""
-    return predict_frame(run, image, SPEC.threshold, SPEC.min_area_px)
+    return label_probabilities(frame_probabilities(run, image), SPEC.threshold, SPEC.min_area_px)
 
 
 pytestmark = pytest.mark.skipif(not CORE_MODEL.exists(), reason="no shipped model.onnx")

@@ -3,7 +3,7 @@
 Both families cut the standardised frame into tiles, send them to their core network, and merge
 the answers: the semantic family stitches probability maps and splits instances by watershed
 (``loopstream.serving.semantic``); the instance family pastes per-tile instance masks and removes
-duplicates across tiles (``loopstream.serving.instance``). Triton's glue
+duplicates across tiles (``loopstream.serving.instance_merge``). Triton's glue
 (``backends/pipeline.py``) and in-process runs (benchmarks, evaluation, tests) use this same code.
 
 Examples
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopstream.masks import MaskCrop
-from loopstream.serving import instance, semantic
+from loopstream.core.masks import MaskCrop
+from loopstream.serving import instance_merge, semantic
 from loopstream.serving.core_models import CORE_FILES, CORE_TENSORS, CoreTensors
 from loopstream.serving.frames import NORMALISATIONS, PreparedFrame, prepare_frame
 
@@ -79,11 +79,11 @@ class Pipeline:
     spec: PipelineSpec
 
     @property
-    def config(self) -> semantic.SemanticPipelineConfig | instance.InstancePipelineConfig:
+    def config(self) -> semantic.SemanticPipelineConfig | instance_merge.InstancePipelineConfig:
         s = self.spec
         if s.family == "semantic":
             return semantic.SemanticPipelineConfig(s.tile_px, s.overlap_px, s.threshold, s.min_area_px)
-        return instance.InstancePipelineConfig(
+        return instance_merge.InstancePipelineConfig(
             tile_px=s.tile_px, overlap_px=s.overlap_px, score_threshold=s.threshold, min_area_px=s.min_area_px
         )
 
@@ -109,23 +109,23 @@ class Pipeline:
     def finish(
         self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame, with_masks: bool = False
     ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-        """Detections (``loopstream.instances.DETECTION_COLUMNS``) from the core answers (in
+        """Detections (``loopstream.core.detections.LOOP_COLUMNS``) from the core answers (in
         request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
             logits = np.concatenate([o[self.tensors.outputs[0]] for o in outputs])
             return semantic.finish_frame(logits, prepared, self.config, with_masks)
         tiles = [tile for o in outputs for tile in self._tile_detections(o)]
-        loops = instance.frame_instances(tiles, prepared, self.config)
+        loops = instance_merge.frame_instances(tiles, prepared, self.config)
         masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
-        return instance.detections_from_instances(loops), masks
+        return instance_merge.detections_from_instances(loops), masks
 
-    def _tile_detections(self, output: dict[str, np.ndarray]) -> list[instance.TileDetections]:
+    def _tile_detections(self, output: dict[str, np.ndarray]) -> list[instance_merge.TileDetections]:
         """The detections of each tile of one instance core answer."""
         if self.spec.core_format == "onnx":
-            return [instance.TileDetections.from_outputs(output)]
+            return [instance_merge.TileDetections.from_outputs(output)]
         boxes, scores, masks, counts = (output[name] for name in self.tensors.outputs)
         return [
-            instance.TileDetections(boxes[i, :k], scores[i, :k], masks[i, :k])
+            instance_merge.TileDetections(boxes[i, :k], scores[i, :k], masks[i, :k])
             for i, k in enumerate(counts.reshape(-1).tolist())
         ]
 

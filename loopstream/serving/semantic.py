@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from loopstream.imaging import stitch
-from loopstream.instances import detections_from_labels, labels_from_probability, mask_crops
-from loopstream.masks import MaskCrop
+from loopstream.core.ellipses import detections_from_labels, labels_from_probability, mask_crops
+from loopstream.core.imaging import stitch
+from loopstream.core.masks import MaskCrop
 from loopstream.serving.frames import PreparedFrame
 
 
@@ -40,7 +40,7 @@ class SemanticPipelineConfig:
 def finish_frame(
     logits: np.ndarray, prepared: PreparedFrame, config: SemanticPipelineConfig, with_masks: bool = False
 ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-    """Detections (``loopstream.instances.DETECTION_COLUMNS``) and, when asked, their masks."""
+    """Detections (``loopstream.core.detections.LOOP_COLUMNS``) and, when asked, their masks."""
     probability = 1.0 / (1.0 + np.exp(-stitch(logits, prepared.tiles, prepared.shape)))
     labels = labels_from_probability(
         probability[0], probability[1], threshold=config.threshold, min_area_px=config.min_area_px
