@@ -38,7 +38,7 @@ from pycocotools.cocoeval import COCOeval
 from loopstream.client.cli import stream
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import open_source
-from loopstream.stack import LocalStack
+from loopstream.dev.stack import LocalStack
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2 as pb
 

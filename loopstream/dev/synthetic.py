@@ -9,7 +9,7 @@ regenerated identically (e.g. to resend it after a crash).
 
 Examples
 --------
->>> from loopstream.simulator import SimulationConfig
+>>> from loopstream.core.simulator import SimulationConfig
 >>> mic = SimulatedMicroscope(SimulationConfig(shape=(512, 512), initial_loops=60), seed=0)
 >>> found = detections(mic, 0)
 >>> truth = mic.truth(0)
