@@ -56,9 +56,8 @@ def tile_outputs(run, frame: np.ndarray, config: InstancePipelineConfig, raw_inp
     """The prepared frame and the core model's output for each of its tiles."""
     prepared = prepare_frame(frame, config)
     if raw_input:  # imported detectron2 models normalise 8-bit counts themselves
-        prepared = PreparedFrame(
-            prepared.shape, prepared.tiles, cut_tiles(frame.astype(np.float32), prepared.tiles)
-        )
+        image = frame.astype(np.float32)
+        prepared = PreparedFrame(prepared.shape, prepared.tiles, cut_tiles(image, prepared.tiles), image)
     outputs = [TileDetections(*run(prepared.tiles_input[i : i + 1])) for i in range(len(prepared.tiles))]
     return prepared, outputs
 

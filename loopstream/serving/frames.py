@@ -35,6 +35,7 @@ class PreparedFrame:
     shape: tuple[int, int]
     tiles: list[Tile]
     tiles_input: np.ndarray  # [N, 1, tile, tile] float32, standardised
+    image: np.ndarray  # [H, W] float32, the whole normalised frame: detections are checked on it
 
 
 def validate_frame(frame: np.ndarray) -> None:
@@ -79,4 +80,5 @@ def prepare_frame(
     """Validate, normalise the whole frame (per-frame standardisation by default), then cut tiles."""
     validate_frame(frame)
     tiles = tile_grid(frame.shape, tile_px, overlap_px)
-    return PreparedFrame(frame.shape, tiles, cut_tiles(NORMALISATIONS[normalisation](frame), tiles))
+    image = NORMALISATIONS[normalisation](frame)
+    return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image)

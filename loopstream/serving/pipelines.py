@@ -3,7 +3,8 @@
 Both families cut the standardised frame into tiles, send them to their core network, and merge
 the answers: the semantic family stitches probability maps and splits instances by watershed
 (``loopstream.serving.semantic``); the instance family pastes per-tile instance masks and removes
-duplicates across tiles (``loopstream.serving.instance_merge``). Triton's glue
+duplicates across tiles (``loopstream.serving.instance_merge``). Both then drop the detections
+no loop could make (``loopstream.core.plausibility``: a hot pixel, a blob of noise). Triton's glue
 (``backends/pipeline.py``) and in-process runs (benchmarks, evaluation, tests) use this same code.
 
 Examples
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from loopstream.core.masks import MaskCrop
+from loopstream.core.plausibility import plausible_loops
 from loopstream.serving import instance_merge, semantic
 from loopstream.serving.core_models import CORE_FILES, CORE_TENSORS, CoreTensors
 from loopstream.serving.frames import NORMALISATIONS, PreparedFrame, prepare_frame
@@ -48,6 +50,10 @@ class PipelineSpec:
     overlap_px: int = 64
     threshold: float = 0.5  # semantic: on pixel probability; instance: on the detection score
     min_area_px: int = 12
+    # A loop's contrast against the background around it, as a significance in noise sigmas
+    # (loopstream.core.plausibility; 0 = no check), and its smallest major axis.
+    min_contrast: float = 6.0
+    min_major_px: float = 4.0
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
     core_format: str = "onnx"  # or "torchscript": how the core network was exported
@@ -113,11 +119,15 @@ class Pipeline:
         request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
             logits = np.concatenate([o[self.tensors.outputs[0]] for o in outputs])
-            return semantic.finish_frame(logits, prepared, self.config, with_masks)
-        tiles = [tile for o in outputs for tile in self._tile_detections(o)]
-        loops = instance_merge.frame_instances(tiles, prepared, self.config)
-        masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
-        return instance_merge.detections_from_instances(loops), masks
+            detections, masks = semantic.finish_frame(logits, prepared, self.config, with_masks)
+        else:
+            tiles = [tile for o in outputs for tile in self._tile_detections(o)]
+            loops = instance_merge.frame_instances(tiles, prepared, self.config)
+            masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
+            detections = instance_merge.detections_from_instances(loops)
+        keep = plausible_loops(detections, prepared.image, self.spec.min_contrast, self.spec.min_major_px)
+        kept_masks = [m for m, k in zip(masks, keep, strict=True) if k] if with_masks else []
+        return detections[keep].reset_index(drop=True), kept_masks
 
     def _tile_detections(self, output: dict[str, np.ndarray]) -> list[instance_merge.TileDetections]:
         """The detections of each tile of one instance core answer."""
