@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.repository import (
+    GPU_PIPELINE_INSTANCES,
     add_version,
     build_flavour,
     main,
@@ -65,6 +66,7 @@ def test_gpu_flavour_uses_onnxruntime_with_tensorrt_fp16_on_gpu_instances(tmp_pa
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
     assert core.optimization.input_pinned_memory.enable and core.optimization.output_pinned_memory.enable
     assert configs["loops_semantic"].backend == "python"
+    assert [g.count for g in configs["loops_semantic"].instance_group] == [GPU_PIPELINE_INSTANCES]
     assert not list(out.glob("loops_semantic_core/*/model.py")), "native backend: no Python glue"
     for glue in out.glob("loops_semantic/*/model.py"):
         assert not glue.is_symlink(), "a built repository must not point back into the source tree"

@@ -17,7 +17,9 @@ True
 
 from __future__ import annotations
 
+import bisect
 import itertools
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -46,6 +48,16 @@ def tile_starts(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
     return [round(i * (length_px - tile_px) / (n - 1)) for i in range(n)]
 
 
+def fitted_tile_px(shape: tuple[int, int], tile_px: int, multiple_px: int) -> int:
+    """``tile_px``, or for a frame smaller than that, its longer side rounded up to ``multiple_px``
+    (a fully convolutional network's stride): a whole-frame tile pads no more than it must.
+
+    >>> fitted_tile_px((300, 500), 2048, 32), fitted_tile_px((4096, 4096), 2048, 32)
+    (512, 2048)
+    """
+    return min(tile_px, -(-max(shape) // multiple_px) * multiple_px)
+
+
 def tile_grid(shape: tuple[int, int], tile_px: int, overlap_px: int) -> list[Tile]:
     """Tiles (row-major) covering a frame of ``shape``; frames smaller than a tile get one tile."""
     h, w = shape
@@ -66,31 +78,89 @@ def cut_tiles(image: np.ndarray, tiles: list[Tile]) -> np.ndarray:
     return out
 
 
-def stitch(tile_maps: np.ndarray, tiles: list[Tile], shape: tuple[int, int]) -> np.ndarray:
-    """Full-frame map [C, H, W] from per-tile maps [N, C, size, size].
+def stitch(tile_maps: Sequence[np.ndarray], tiles: list[Tile], shape: tuple[int, int]) -> np.ndarray:
+    """Full-frame map [C, H, W] from per-tile maps [N, C, size, size] (see ``Mosaic``)."""
+    h, w = shape
+    return Mosaic(tile_maps, tiles, shape).crop(slice(0, h), slice(0, w))
+
+
+class Mosaic:
+    """The stitched frame of per-tile maps ([C, size, size] each, in ``tiles`` order), read only
+    where it is needed.
 
     Each pixel takes the value of the tile whose centre is nearest (the middle of the overlap is
     the seam), so predictions near a tile's edge, which lack context, are not used where a
-    neighbour sees the pixel from further inside.
+    neighbour sees the pixel from further inside. Post-processing reads whole-frame masks and
+    small crops: materialising the whole float map costs more than all the rest of it.
     """
-    h, w = shape
-    out = np.empty((tile_maps.shape[1], h, w), np.float32)
-    ys = sorted({t.y0 for t in tiles})
-    xs = sorted({t.x0 for t in tiles})
-    size = tiles[0].size
-    y_cuts = _seams(ys, size, h)
-    x_cuts = _seams(xs, size, w)
-    for i, t in enumerate(tiles):
-        r0, r1 = y_cuts[ys.index(t.y0)]
-        c0, c1 = x_cuts[xs.index(t.x0)]
-        out[:, r0:r1, c0:c1] = tile_maps[i, :, r0 - t.y0 : r1 - t.y0, c0 - t.x0 : c1 - t.x0]
-    return out
+
+    def __init__(self, tile_maps: Sequence[np.ndarray], tiles: list[Tile], shape: tuple[int, int]) -> None:
+        if len(tile_maps) != len(tiles):
+            raise ValueError(f"{len(tile_maps)} tile maps for {len(tiles)} tiles")
+        self.tile_maps = tile_maps
+        self.shape = shape
+        ys = sorted({t.y0 for t in tiles})
+        xs = sorted({t.x0 for t in tiles})
+        size = tiles[0].size
+        self._y_bounds = _seam_bounds(ys, size, shape[0])
+        self._x_bounds = _seam_bounds(xs, size, shape[1])
+        self._tile_at = np.empty((len(ys), len(xs)), int)
+        for i, t in enumerate(tiles):
+            self._tile_at[ys.index(t.y0), xs.index(t.x0)] = i
+        self._origin = [(t.y0, t.x0) for t in tiles]
+
+    def blocks(self, rows: slice, cols: slice) -> Iterator[tuple[int, slice, slice]]:
+        """(tile index, frame rows, frame columns) of each tile's share of a window."""
+        y_parts = _parts(self._y_bounds, rows.start, rows.stop)
+        x_parts = _parts(self._x_bounds, cols.start, cols.stop)
+        for iy, r0, r1 in y_parts:
+            for ix, c0, c1 in x_parts:
+                yield int(self._tile_at[iy, ix]), slice(r0, r1), slice(c0, c1)
+
+    def crop(self, rows: slice, cols: slice, channel: int | None = None) -> np.ndarray:
+        """The stitched values in a window, [H, W] for one channel or [C, H, W] for all."""
+        channels = slice(None) if channel is None else channel
+        blocks = list(self.blocks(rows, cols))
+        if len(blocks) == 1:  # the window lies in one tile's share: most loops
+            y0, x0 = self._origin[blocks[0][0]]
+            tile = self.tile_maps[blocks[0][0]]
+            return tile[channels, rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0].copy()
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        first = self.tile_maps[0]
+        if channel is None:
+            shape = (first.shape[0], *shape)
+        out = np.empty(shape, first.dtype)
+        for i, r, c in blocks:
+            y0, x0 = self._origin[i]
+            source = self.tile_maps[i][channels, r.start - y0 : r.stop - y0, c.start - x0 : c.stop - x0]
+            out[
+                ..., r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start
+            ] = source
+        return out
+
+    def select(self, channel: int, predicate: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Whole-frame boolean mask: ``predicate`` applied to each tile's share of one channel."""
+        h, w = self.shape
+        out = np.empty((h, w), bool)
+        for i, r, c in self.blocks(slice(0, h), slice(0, w)):
+            y0, x0 = self._origin[i]
+            out[r, c] = predicate(
+                self.tile_maps[i][channel, r.start - y0 : r.stop - y0, c.start - x0 : c.stop - x0]
+            )
+        return out
 
 
-def _seams(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
-    """The [begin, end) range each tile along one axis is responsible for."""
+def _seam_bounds(starts: list[int], size: int, length: int) -> list[int]:
+    """Along one axis, tile k is responsible for [bounds[k], bounds[k + 1])."""
     bounds = [0]
     for a, b in itertools.pairwise(starts):
         bounds.append((b + a + size) // 2)  # middle of the overlap of tiles at a and b
     bounds.append(length)
-    return list(itertools.pairwise(bounds))
+    return bounds
+
+
+def _parts(bounds: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(tile position, begin, end) of the tiles along one axis sharing [start, stop)."""
+    first = bisect.bisect_right(bounds, start) - 1
+    last = bisect.bisect_left(bounds, stop) - 1
+    return [(k, max(bounds[k], start), min(bounds[k + 1], stop)) for k in range(first, last + 1)]

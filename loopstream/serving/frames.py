@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loopstream.core.imaging import Tile, cut_tiles, standardise, tile_grid
+from loopstream.core.imaging import Tile, cut_tiles, fitted_tile_px, standardise, tile_grid
 
 MIN_SIDE_PX = 32
 MAX_SIDE_PX = 4096
@@ -75,10 +75,13 @@ NORMALISATIONS = {"standardise": standardise, "counts_8bit": counts_8bit}
 
 
 def prepare_frame(
-    frame: np.ndarray, tile_px: int, overlap_px: int, normalisation: str = "standardise"
+    frame: np.ndarray, tile_px: int, overlap_px: int, normalisation: str = "standardise", stride_px: int = 0
 ) -> PreparedFrame:
-    """Validate, normalise the whole frame (per-frame standardisation by default), then cut tiles."""
+    """Validate, normalise the whole frame (per-frame standardisation by default), then cut tiles;
+    with ``stride_px``, a frame smaller than a tile gets one tile just large enough."""
     validate_frame(frame)
+    if stride_px:
+        tile_px = fitted_tile_px(frame.shape, tile_px, stride_px)
     tiles = tile_grid(frame.shape, tile_px, overlap_px)
     image = NORMALISATIONS[normalisation](frame)
     return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image)

@@ -57,8 +57,13 @@ class PipelineSpec:
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
     core_format: str = "onnx"  # or "torchscript": how the core network was exported
+    # > 0 for fully convolutional networks (their stride): a frame smaller than a tile is one
+    # tile of its longer side rounded up to it, so tiles as large as memory allows waste nothing.
+    stride_px: int = 0
 
     def __post_init__(self) -> None:
+        if self.stride_px < 0 or (self.stride_px and self.tile_px % self.stride_px):
+            raise ValueError(f"stride_px {self.stride_px} must be 0 or divide tile_px {self.tile_px}")
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; choose one of {FAMILIES}")
         if self.core_format not in CORE_FILES:
@@ -105,7 +110,8 @@ class Pipeline:
         return 1 if one_tile else self.spec.max_tiles_per_request
 
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
-        return prepare_frame(frame, self.spec.tile_px, self.spec.overlap_px, self.spec.normalisation)
+        s = self.spec
+        return prepare_frame(frame, s.tile_px, s.overlap_px, s.normalisation, s.stride_px)
 
     def core_inputs(self, prepared: PreparedFrame) -> list[dict[str, np.ndarray]]:
         """The core requests of a frame: its tiles, a few per request."""
@@ -118,7 +124,7 @@ class Pipeline:
         """Detections (``loopstream.core.detections.LOOP_COLUMNS``) from the core answers (in
         request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
-            logits = np.concatenate([o[self.tensors.outputs[0]] for o in outputs])
+            logits = [tile for o in outputs for tile in o[self.tensors.outputs[0]]]
             detections, masks = semantic.finish_frame(logits, prepared, self.config, with_masks)
         else:
             tiles = [tile for o in outputs for tile in self._tile_detections(o)]

@@ -58,8 +58,15 @@ def default_version(repository: Path, pipeline: str) -> int:
     return max(versions_of(repository, pipeline))
 
 
-def pipeline_config(name: str, versions: list[int]) -> mc.ModelConfig:
-    """Frame in (uint8 or uint16, any size), loop ellipses out; the same in both flavours."""
+# Pipeline instances of the GPU flavour, one CPU core each: 4 microscopes x 30 frames/s x 91 ms
+# of CPU work per 2048² frame (38 ms preparation + 53 ms post-processing, bench_postprocessing.py)
+# keep 11 busy; the time an instance waits for the GPU is not in it (not measured: no GPU lent).
+GPU_PIPELINE_INSTANCES = 11
+
+
+def pipeline_config(name: str, versions: list[int], flavour: str = "local") -> mc.ModelConfig:
+    """Frame in (uint8 or uint16, any size), loop ellipses out; the same in both flavours but for
+    the instance count."""
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
     config.version_policy.specific.versions.extend(versions)
     config.input.add(name="FRAME_U8", data_type=mc.TYPE_UINT8, dims=[-1, -1], optional=True)
@@ -68,9 +75,10 @@ def pipeline_config(name: str, versions: list[int]) -> mc.ModelConfig:
     config.output.add(name="DETECTIONS", data_type=mc.TYPE_FP32, dims=[-1, 11])
     # Only when requested: per loop, its mask in its bbox as COCO RLE JSON (loopstream.core.masks).
     config.output.add(name="MASKS_RLE", data_type=mc.TYPE_STRING, dims=[-1])
-    # Four instances: frames of up to four microscopes are tiled and post-processed at once, so
-    # their tiles meet in the core model's queue and are batched together.
-    config.instance_group.add(count=4, kind=mc.ModelInstanceGroup.KIND_CPU)
+    # Locally four instances: frames of up to four microscopes are tiled and post-processed at
+    # once, so their tiles meet in the core model's queue and are batched together.
+    count = 4 if flavour == "local" else GPU_PIPELINE_INSTANCES
+    config.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)
     return config
 
 
@@ -92,7 +100,9 @@ def core_config(name: str, versions: list[int], flavour: str, spec: PipelineSpec
     else:
         config = mc.ModelConfig(name=name, platform="pytorch_libtorch")
     config.version_policy.specific.versions.extend(versions)
-    tile = [spec.tile_px, spec.tile_px]
+    # Shapes are dynamic: warming up on one 512 px tile readies the runtime without the seconds a
+    # whole-frame (2048 px) tile would take on CPU at every load.
+    tile = [min(spec.tile_px, 512)] * 2
     if batched:
         config.max_batch_size = 8 if local else 16
         config.input.add(name=tensors.input, data_type=mc.TYPE_FP32, dims=[1, -1, -1])
@@ -150,7 +160,7 @@ def write_configs(repository: Path, flavour: str = "local") -> list[Path]:
         spec = specs[versions[-1]]
         core = f"{pipeline}_core"
         for name, config in (
-            (pipeline, pipeline_config(pipeline, versions)),
+            (pipeline, pipeline_config(pipeline, versions, flavour)),
             (core, core_config(core, versions, flavour, spec)),
         ):
             path = repository / name / "config.pbtxt"
