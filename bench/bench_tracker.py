@@ -31,7 +31,7 @@ import pandas as pd
 
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.drift import DriftEstimator
-from loopstream.tracker.engine import TrackerEngine
+from loopstream.tracker.engine import Defaults, TrackerEngine
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.tracker.store import Store
@@ -174,8 +174,16 @@ def main() -> None:
         "--hour-frames", type=int, default=0, help="frames of the long run (default: 6 min at 30 fps)"
     )
     parser.add_argument("--tmp", default=None, help="directory for the SQLite files (default: system temp)")
+    parser.add_argument(
+        "--memory-cost",
+        action="store_true",
+        help="only the engine at 200 loops/frame with linker memory 3 and 8, alternating, twice",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-tracker-", dir=args.tmp) as tmp:  # GBs: never left behind
+        if args.memory_cost:
+            memory_cost(Path(tmp), 60 if args.quick else 300)
+            return
         throughput(Path(tmp), 60 if args.quick else 300)
         memory(Path(tmp), args.hour_frames or (600 if args.quick else int(6 * 60 * FPS)))
 
@@ -205,6 +213,23 @@ def throughput(tmp: Path, n_frames: int) -> None:
     for loops, mean_loops, link, engine, normal, wire, wire4 in rows:
         rates = " | ".join(f"{r:.0f}" for r in (mean_loops, link, engine, normal, wire, wire4))
         print(f"| {loops} | {rates} |")
+
+
+def memory_cost(tmp: Path, n_frames: int) -> None:
+    """Engine frames/s with the linker's memory at 3 (the old default) and 8, in one run."""
+    pop = Population(200, n_frames, 2048)
+    frames = [pop.frame(t) for t in range(n_frames)]
+    print(f"\n### Engine frames/s by linker memory (200 loops/frame, {n_frames} frames)\n")
+    print("| round | memory | engine, --sync full | engine, --sync normal |")
+    print("|---|---|---|---|")
+    for round_ in (1, 2):
+        for memory_frames in (3, 8):
+            rates = []
+            for sync in ("FULL", "NORMAL"):
+                with Store(tmp / f"memory{memory_frames}-{sync}-{round_}.db", sync) as store:
+                    engine = TrackerEngine(store, Defaults(memory_frames=memory_frames))
+                    rates.append(engine_run(engine, frames, 2048))
+            print(f"| {round_} | {memory_frames} | {rates[0]:.0f} | {rates[1]:.0f} |")
 
 
 def memory(tmp: Path, hour: int) -> None:

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     files = sources.add_parser(
         "files",
-        help="a file (PNG, TIFF stack, DM3/DM4, EMD, MRC, MP4/AVI), a folder of them, "
+        help="a file (PNG, JPEG, TIFF stack, DM3/DM4, EMD, MRC, MP4/AVI), a folder of them, "
         "or a Gatan in-situ tree (Hour_xx/Minute_xx/Second_xx)",
     )
     files.add_argument("path", type=Path)

@@ -23,7 +23,7 @@ import tifffile
 
 log = logging.getLogger(__name__)
 
-STILL_SUFFIXES = (".png", ".tif", ".tiff")
+STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MICROSCOPE_SUFFIXES = (".dm3", ".dm4", ".emd", ".mrc")  # read with rosettasciio
 VIDEO_SUFFIXES = (".mp4", ".avi")
 SUPPORTED_SUFFIXES = STILL_SUFFIXES + MICROSCOPE_SUFFIXES + VIDEO_SUFFIXES
@@ -87,7 +87,7 @@ def read_planes(path: Path) -> Iterator[Plane]:
 
 
 def read_images(path: Path) -> list[np.ndarray]:
-    """The greyscale image(s) of one PNG or TIFF file (a TIFF stack gives one per page)."""
+    """The greyscale image(s) of one PNG, JPEG or TIFF file (a TIFF stack gives one per page)."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             data = tifffile.imread(path)

@@ -2,7 +2,7 @@
 
 A source is an iterable of :class:`Frame` in acquisition order, each in its native dtype with a
 timestamp and, when the file is calibrated, its pixel size. :func:`open_source` picks the source for a
-path: one file (PNG, TIFF stack, DM3/DM4, EMD, MRC, MP4/AVI), a folder of image files, or a Gatan
+path: one file (PNG, JPEG, TIFF stack, DM3/DM4, EMD, MRC, MP4/AVI), a folder of image files, or a Gatan
 in-situ folder tree. Unreadable files raise :class:`SourceError` naming the file; with
 ``on_error="skip"`` a source records the message in ``skipped`` and goes on instead.
 
@@ -139,12 +139,19 @@ class FileSource:
 
 
 class DirectorySource(FileSource):
-    """Every image file (PNG, TIFF incl. stacks, DM3/DM4, EMD, MRC) in a folder, in name order."""
+    """Every image file (PNG, JPEG, TIFF incl. stacks, DM3/DM4, EMD, MRC) in a folder, in natural order.
+
+    Numbers in names compare as numbers, so ``frame2`` comes before ``frame10`` whether or not the
+    camera software zero-padded them.
+    """
 
     def __init__(self, folder: Path, frame_interval_s: float = 1.0, on_error: str = "stop") -> None:
         if not folder.is_dir():
             raise SourceError(f"{folder} is not a directory of images")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+            key=lambda p: _natural_key(p.name),
+        )
         if not paths:
             raise SourceError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
         super().__init__(paths, frame_interval_s, on_error)
@@ -188,7 +195,7 @@ def open_source(
     """The source for ``path``, chosen by its suffix or folder layout.
 
     A file of a supported format gives its planes; a folder with ``Hour_xx`` sub-folders is a Gatan
-    in-situ recording; any other folder gives its image files in name order. ``integrate`` > 1 sums
+    in-situ recording; any other folder gives its image files in natural name order. ``integrate`` > 1 sums
     averages that many consecutive frames into one (:mod:`loopstream.client.integration`).
     """
     if path.is_dir():

@@ -1,5 +1,6 @@
 """Shared fixtures and paths: a real local stack (tritonserver + tracker processes on 127.0.0.1),
-the shipped repository's default versions, the creme-ds25s sample beside the repository."""
+the shipped repository's default versions, the creme-ds25s sample and the shen2021-fecral video
+beside the repository."""
 
 from __future__ import annotations
 
@@ -19,13 +20,11 @@ from loopstream.serving.triton import REPOSITORY
 from loopstream.tracker.store import AB_FRAME_COLUMNS, MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-CREME = (
-    Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data"))
-    / "creme-ds25s"
-    / "train"
-    / "annotations.json"
-)
+DATA = Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data"))
+CREME = DATA / "creme-ds25s" / "train" / "annotations.json"
 CREME_IMAGE = CREME.parent / "imgs" / "3.png"  # a real bright-field frame, 512 x 512
+# A real in-situ video (1120 x 710 JPEG frames; evaluation only, never committed: its README).
+SHEN_FRAMES = DATA / "shen2021-fecral" / "frames"
 
 
 def default_version(pipeline: str) -> str:

@@ -16,7 +16,9 @@ import pytest
 import tifffile
 from rsciio import emd
 
+from loopstream.client.cli import build_parser, make_source
 from loopstream.client.sources import DirectorySource, InSituSource, SourceError, open_source
+from tests.conftest import SHEN_FRAMES
 
 
 def _frames(n: int, dtype: str = "uint16") -> list[np.ndarray]:
@@ -36,6 +38,48 @@ def test_directory_of_png_and_tiff_stack_in_name_order(tmp_path: Path) -> None:
         assert frame.image.dtype == np.uint16
         np.testing.assert_array_equal(frame.image, expected)
     assert frames[2].origin.endswith("b.tif[1]")
+
+
+def test_folder_of_jpeg_png_tiff_frames_in_numeric_order_with_interval_and_pixel_size_from_flags(
+    tmp_path: Path,
+) -> None:
+    """Unpadded frame numbers (frame2 before frame10), mixed formats, timing and scale from the flags."""
+    images = _frames(12, "uint8")
+    for number, image in enumerate(images):  # written in an order unlike the numeric one
+        suffix = (".jpg", ".png", ".tif")[number % 3]
+        path = tmp_path / f"frame{number}{suffix}"
+        if suffix == ".tif":
+            tifffile.imwrite(path, image)
+        else:
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    args = build_parser().parse_args(
+        ["files", str(tmp_path), "--frame-interval-s", "0.25", "--pixel-size-nm", "1.5"]
+    )
+    frames, total, pixel_size_nm, frame_rate_hz = make_source(args)
+    frames = list(frames)
+    assert total == 12 and pixel_size_nm == 1.5 and frame_rate_hz == 4.0
+    assert [Path(f.origin).stem for f in frames] == [f"frame{n}" for n in range(12)]
+    assert [f.timestamp_s for f in frames] == [0.25 * n for n in range(12)]
+    for frame, image in zip(frames, images, strict=True):
+        assert frame.image.dtype == np.uint8 and frame.image.shape == image.shape
+        tolerance = 3 if frame.origin.endswith(".jpg") else 0  # JPEG is lossy even at quality 100
+        assert np.abs(frame.image.astype(int) - image).max() <= tolerance
+
+
+def test_folder_without_pixel_size_asks_for_the_flag(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "frame1.jpg"), _frames(1, "uint8")[0])
+    with pytest.raises(SourceError, match="--pixel-size-nm"):
+        make_source(build_parser().parse_args(["files", str(tmp_path)]))
+
+
+@pytest.mark.skipif(not SHEN_FRAMES.is_dir(), reason=f"no shen2021-fecral video at {SHEN_FRAMES}")
+def test_real_insitu_video_folder_reads_in_frame_order() -> None:
+    """The real FeCrAl video (read only, never copied): 1120 x 710 greyscale JPEGs, frame0000 first."""
+    source = open_source(SHEN_FRAMES, frame_interval_s=0.5)
+    assert len(source) >= 400
+    first = next(iter(source))
+    assert first.image.shape == (710, 1120) and first.image.dtype == np.uint8
+    assert Path(first.origin).name == "frame0000.jpg" and first.timestamp_s == 0.0
 
 
 def test_truncated_file_names_the_file_or_is_skipped_on_request(tmp_path: Path) -> None:

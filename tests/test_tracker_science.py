@@ -1,7 +1,9 @@
 """Tracking science against the simulator's ground truth, through the real gRPC API.
 
 520 frames, ~70 loops per frame of 1024^2 px, stage drift (0.5, -0.3) px/frame, loop growth
-0.08-0.2 px/frame, detector noise (0.2 px centres, 0.3 px sizes, 2 % misses, false positives).
+0.08-0.2 px/frame, seen through the detection-noise model of ``synthetic.DetectorNoise`` (what
+the shipped models do: recall 75 %, a false detection per ten loops, 15 % size noise, 0.3 px
+centre jitter, touching loops merged now and then). Targets are issue 15's.
 """
 
 from __future__ import annotations
@@ -55,17 +57,34 @@ def run(tmp_path_factory):
 
 
 def test_enough_loops_per_frame(run):
-    _, _, stats, _ = run
-    counts = [f.loop_count for f in stats.frames]
-    assert len(counts) == N_FRAMES and min(counts) >= 50
+    mic, _, stats, _ = run
+    assert len(stats.frames) == N_FRAMES
+    assert min(len(mic.truth(f.frame_index)) for f in stats.frames[::10]) >= 50  # in the field
+    assert min(f.loop_count for f in stats.frames) >= 40  # detected (recall ~75 %, false ones)
 
 
-def test_drift_within_one_pixel_at_every_frame(run):
+def test_noise_model_is_a_realistic_detector():
+    """Recall, false detections, size noise and merges as DetectorNoise states them."""
+    mic = SimulatedMicroscope(CONFIG, seed=3)
+    frames = range(100, N_FRAMES, 5)
+    truth = pd.concat([mic.truth(i) for i in frames], ignore_index=True)
+    found = pd.concat([synthetic.detections(mic, i).assign(frame=i) for i in frames], ignore_index=True)
+    real = found[found.loop_id >= 0].merge(truth, on=["frame", "loop_id"], suffixes=("", "_true"))
+    assert 0.70 <= len(real) / len(truth) <= 0.78, f"recall {len(real) / len(truth):.3f}"
+    false = (found.loop_id == -1).sum() / len(truth)
+    assert 0.07 <= false <= 0.13, f"false detections per loop {false:.3f}"
+    size_error = real.major_px / real.major_px_true - 1
+    merged = size_error > 0.6  # one detection covering two touching loops
+    assert 0 < merged.sum() < 0.05 * len(real), f"{merged.sum()} merged of {len(real)}"
+    assert 0.13 <= size_error[~merged].std() <= 0.17, f"size noise {size_error[~merged].std():.3f}"
+
+
+def test_drift_within_0_3_px_at_every_frame(run):
     mic, _, stats, _ = run
     truth = np.array([mic.stage_offset(f.frame_index) for f in stats.frames])
     estimate = np.array([(f.drift_x_px, f.drift_y_px) for f in stats.frames])
     error = np.hypot(*(estimate - truth).T)
-    assert error.max() < 1.0, f"worst drift error {error.max():.3f} px at frame {error.argmax()}"
+    assert error.max() <= 0.3, f"worst drift error {error.max():.3f} px at frame {error.argmax()}"
     assert stats.summary.drift_rate_x_px_per_frame == pytest.approx(0.5, abs=0.01)
     assert stats.summary.drift_rate_y_px_per_frame == pytest.approx(-0.3, abs=0.01)
 
@@ -96,21 +115,98 @@ def test_track_purity(run):
     # Not fragmented either: most true loops live in one track.
     real = points[points.loop_id >= 0]
     tracks_per_loop = real.groupby("loop_id").track_id.nunique().mean()
-    assert tracks_per_loop < 1.1, f"{tracks_per_loop:.3f} tracks per true loop"
+    assert tracks_per_loop <= 1.3, f"{tracks_per_loop:.3f} tracks per true loop"
 
 
-def test_growth_rate_within_ten_percent_for_long_tracks(run):
+def test_median_growth_rate_within_ten_percent_for_long_tracks(run):
     mic, _, _, tracks = run
     points = _points_with_truth(run)
     owner = points.groupby("track_id").loop_id.agg(lambda ids: ids.value_counts().index[0])
     nm_per_s = CONFIG.pixel_size_nm * CONFIG.frame_rate_hz
     long_tracks = [t for t in tracks if t.length > 50]
     assert len(long_tracks) >= 50
-    errors = []
+    errors, covered = [], []
     for t in long_tracks:
         true_rate = mic.loops.growth[owner[t.track_id]] * nm_per_s
         errors.append((t.growth_rate_nm_s - true_rate) / true_rate)
+        covered.append(abs(t.growth_rate_nm_s - true_rate) <= t.growth_rate_ci95_nm_s)
     errors = np.abs(errors)
-    assert errors.max() <= 0.10, (
-        f"worst growth-rate error {100 * errors.max():.1f} % (median {100 * np.median(errors):.1f} %)"
+    message = (
+        f"growth-rate error: median {100 * np.median(errors):.1f} %, 90th percentile "
+        f"{100 * np.percentile(errors, 90):.1f} %, CI coverage {np.mean(covered):.2f}"
     )
+    assert np.median(errors) <= 0.10, message
+    assert np.mean(covered) >= 0.8, message  # the stated uncertainty means something
+
+
+def _interior_band_px(sent: pd.DataFrame) -> float:
+    """The edge band ``statistics.loop_turnover`` leaves out: mean diameter + search range (px)."""
+    return sent.major_px.mean() + 4.0 / CONFIG.pixel_size_nm
+
+
+def _inside(x: np.ndarray, y: np.ndarray, band: float, size: int) -> np.ndarray:
+    return (x > band) & (x < size - band) & (y > band) & (y < size - band)
+
+
+def test_nucleation_and_loss_rates_match_the_simulated_truth(run):
+    """Loops born / vanished in the interior of the field, counted from the simulator's own loops."""
+    mic, sent, stats, _ = run
+    band = _interior_band_px(sent)
+    memory = 8
+    loops = mic.loops
+    vx, vy = CONFIG.drift_px_per_frame
+    born = loops[(loops.birth > memory) & (loops.birth < N_FRAMES)]
+    died = loops[(loops.death > 0) & (loops.death < N_FRAMES - 1 - memory)]
+    n_born = _inside(born.x + vx * born.birth, born.y + vy * born.birth, band, 1024).sum()
+    n_died = _inside(died.x + vx * (died.death - 1), died.y + vy * (died.death - 1), band, 1024).sum()
+    area_um2 = (1024 - 2 * band) ** 2 * (CONFIG.pixel_size_nm * 1e-3) ** 2
+    duration_s = (N_FRAMES - 1) / CONFIG.frame_rate_hz
+    fluence = CONFIG.dose_rate_ions_cm2_s * duration_s
+    s = stats.summary
+    assert n_born >= 30 and n_died >= 30  # enough events for a 25 % check
+    assert s.nucleation_rate_per_um2_s == pytest.approx(n_born / area_um2 / duration_s, rel=0.25)
+    assert s.nucleation_per_um2_per_ion_cm2 == pytest.approx(n_born / area_um2 / fluence, rel=0.25)
+    assert s.loss_rate_per_um2_s == pytest.approx(n_died / area_um2 / duration_s, rel=0.25)
+
+
+COALESCING = SimulationConfig(
+    shape=(512, 512),
+    n_frames=400,
+    initial_loops=30,
+    coalescences=12,
+    drift_px_per_frame=(0.3, -0.2),
+    growth_px_per_frame=(0.0, 0.02),
+)
+DPA_PER_ION_CM2 = 2.5e-15  # e.g. 1 MeV Kr in Fe near the surface
+
+
+def test_coalescence_events_and_dose_in_dpa(tmp_path):
+    """A session with 12 known coalescences (simulator) and a dpa-per-fluence factor."""
+    mic = SimulatedMicroscope(COALESCING, seed=5)
+    running = serve(ServerConfig(db=tmp_path / "t.db", port=0, metrics_port=-1))
+    client = TrackerClient(f"127.0.0.1:{running.port}")
+    try:
+        spec = pb.SessionSpec(
+            pixel_size_nm=COALESCING.pixel_size_nm,
+            frame_rate_hz=COALESCING.frame_rate_hz,
+            dose_rate_ions_cm2_s=COALESCING.dose_rate_ions_cm2_s,
+            search_range_nm=4.0,
+            dpa_per_ion_cm2=DPA_PER_ION_CM2,
+        )
+        session = client.OpenSession(spec)
+        assert session.spec.dpa_per_ion_cm2 == DPA_PER_ION_CM2
+        messages = (
+            frame_message(session.session_id, i, i / 10.0, synthetic.detections(mic, i), 512, 512)
+            for i in range(COALESCING.n_frames)
+        )
+        assert all(a.accepted for a in client.stream(messages))
+        stats = client.GetStatistics(pb.StatisticsRequest(session_id=session.session_id))
+    finally:
+        client.close()
+        running.stop(0.5)
+    assert (mic.loops.jump_px > 0).sum() == 12
+    print(f"coalescence events: {stats.summary.coalescence_events} found, 12 simulated")
+    assert 9 <= stats.summary.coalescence_events <= 15, stats.summary.coalescence_events
+    last = stats.frames[-1]
+    assert last.dose_dpa == pytest.approx(last.fluence_ions_cm2 * DPA_PER_ION_CM2)
+    assert stats.summary.dose_dpa == pytest.approx(last.timestamp_s * 1e11 * DPA_PER_ION_CM2)

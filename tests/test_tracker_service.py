@@ -71,7 +71,7 @@ def open_session(client: TrackerClient) -> str:
 
 
 def message(session_id: str, index: int, mic: SimulatedMicroscope = MIC) -> pb.FrameDetections:
-    loops = synthetic.detections(mic, index)
+    loops = synthetic.detections(mic, index, synthetic.CLEAN)  # plumbing: a near-perfect detector
     h, w = mic.config.shape
     return frame_message(session_id, index, index / mic.config.frame_rate_hz, loops, w, h, "loops_unet", "3")
 

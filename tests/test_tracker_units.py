@@ -108,8 +108,9 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         session = store.session("s1")
+        assert session["dpa_per_ion_cm2"] == 0.0  # migration 4: no dpa axis for old sessions
         assert (session["model_version"], session["shadow_model_version"], session["shadow_fraction"]) == (
             "1",
             "",
@@ -136,7 +137,7 @@ def _as_schema_2(source, target) -> None:
     db.execute("ATTACH ? AS new", (str(source),))
     v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS]
     for table, columns in [
-        ("sessions", ["sid", *SESSION_COLUMNS]),
+        ("sessions", ["sid", *(c for c in SESSION_COLUMNS if c != "dpa_per_ion_cm2")]),  # migration 4
         ("frames", ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS]),
         ("detections", ["sid", *v2_detections]),
     ]:

@@ -89,6 +89,8 @@ def export_session(engine: TrackerEngine, session_id: str) -> Iterator[ExportChu
         "lifetime_histogram.png": lambda: plot_lifetime_histogram(lifetimes),
         "tracks.png": lambda: plot_tracks(detections, frames),
     }
+    if session["dpa_per_ion_cm2"] > 0:  # the dpa axis exists only when the session gave the factor
+        plots["density_size_vs_dpa.png"] = lambda: plot_series(frames, "dose_dpa", "dose (dpa)")
     for name, plot in plots.items():
         yield from _pieces(name, "image/png", [plot()])
 
@@ -151,7 +153,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def plot_series(frames: pd.DataFrame, x: str, xlabel: str) -> bytes:
-    """Areal density and mean D / Dm against ``x`` (time or fluence)."""
+    """Areal density and mean D / Dm against ``x`` (time, fluence or dose in dpa)."""
     fig = Figure(figsize=(8, 6), dpi=100)
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(frames[x], frames.density_per_um2, color="tab:blue")

@@ -38,6 +38,7 @@ def _session_message(s: dict) -> pb.Session:
         pixel_size_nm=s["pixel_size_nm"],
         frame_rate_hz=s["frame_rate_hz"],
         dose_rate_ions_cm2_s=s["dose_rate_ions_cm2_s"],
+        dpa_per_ion_cm2=s["dpa_per_ion_cm2"],
         model_family=int(s["model_family"]),
         search_range_nm=s["search_range_nm"],
         memory_frames=int(s["memory_frames"]),
@@ -93,6 +94,7 @@ def _frame_statistics(row) -> pb.FrameStatistics:
         drift_x_nm=row.drift_x_nm,
         drift_y_nm=row.drift_y_nm,
         linked_count=int(row.linked_count),
+        dose_dpa=row.dose_dpa,
     )
 
 
@@ -353,6 +355,7 @@ class TrackerService(pb_grpc.TrackerServicer):
                     birth_frame=int(t.birth_frame),
                     death_frame=int(t.death_frame),
                     growth_rate_nm_s=t.growth_rate_nm_s,
+                    growth_rate_ci95_nm_s=t.growth_rate_ci95_nm_s,
                     lifetime_s=t.lifetime_s,
                     displacement_nm=t.displacement_nm,
                     length=int(t.length),

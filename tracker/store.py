@@ -94,6 +94,7 @@ SESSION_COLUMNS = [
     "closed",
     "shadow_model_version",  # migration 2: the candidate the session shadows, "" = none
     "shadow_fraction",
+    "dpa_per_ion_cm2",  # migration 5: dose in dpa per unit fluence (from SRIM), 0 = unknown
 ]
 
 
@@ -226,12 +227,18 @@ def _migration_4(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX frames_by_ordinal ON frames (sid, ordinal)")
 
 
+def _migration_5(db: sqlite3.Connection) -> None:
+    """The dpa axis: each session's displacement damage per unit fluence (0 = not given)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN dpa_per_ion_cm2 REAL NOT NULL DEFAULT 0")
+
+
 # Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid

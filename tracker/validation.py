@@ -99,6 +99,12 @@ def spec_problem(spec: dict) -> str | None:
         if not (np.isfinite(value) and (low <= value if zero_ok else low < value) and value <= high):
             bound = ">=" if zero_ok else ">"
             return f"{name} = {value} must be {bound} {low:g} and <= {high:g}: set it to {meaning}"
+    dpa = spec.get("dpa_per_ion_cm2", 0.0)
+    if not (np.isfinite(dpa) and 0 <= dpa < 1e-10):
+        return (
+            f"dpa_per_ion_cm2 = {dpa} must be >= 0 and < 1e-10: the damage per unit fluence "
+            "(dpa per ion/cm^2, from SRIM: displacements per ion per cm / atoms per cm^3); 0 = unknown"
+        )
     memory = spec.get("memory_frames", 0)
     if memory > MAX_MEMORY_FRAMES:
         return (

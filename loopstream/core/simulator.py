@@ -5,9 +5,10 @@ draw frames from it. Everything is a pure function of ``(config, seed, frame ind
 can be re-rendered (e.g. to resend it after a failure) and two runs with one seed are identical.
 
 Physics, simplified: loops nucleate at a constant rate per unit area, grow linearly in diameter,
-and vanish after an exponentially distributed lifetime; the stage drifts at a constant velocity
-(in pixels per frame), so every loop moves with it. Bright-field contrast: a loop is a dark
-elliptical blob with a darker rim, on a background of slowly varying thickness contrast, a few
+and vanish after an exponentially distributed lifetime; now and then a loop coalesces into a
+touching neighbour, which takes over its area (D jumps to sqrt(D_a^2 + D_b^2)); the stage drifts
+at a constant velocity (in pixels per frame), so every loop moves with it. Bright-field contrast: a
+loop is a dark elliptical blob with a darker rim, on a background of slowly varying thickness contrast, a few
 dark bend contours / dislocation lines, and shot noise.
 
 Examples
@@ -45,6 +46,7 @@ class SimulationConfig:
     initial_loops: int = 12  # loops present at frame 0 per 512 x 512 px of field
     nucleation_per_frame: float = 0.03  # new loops per frame per 512 x 512 px of field
     mean_lifetime_frames: float = 400.0
+    coalescences: int = 0  # loops that coalesce into a neighbour during the run (whole field)
     initial_major_px: tuple[float, float] = (14.0, 40.0)  # uniform range of the starting major axis
     aspect_range: tuple[float, float] = (0.55, 0.9)  # minor / major
     growth_px_per_frame: tuple[float, float] = (0.0, 0.04)  # uniform range of dD/dt
@@ -88,9 +90,8 @@ class SimulatedMicroscope:
         c, loops = self.config, self.loops
         sub = loops[(loops["birth"] <= index) & (loops["death"] > index)]
         dx, dy = self.stage_offset(index)
-        major = np.minimum(
-            sub["major0"] + sub["growth"] * (index - sub["birth"]).clip(lower=0), c.max_major_px
-        )
+        grown = sub["major0"] + sub["growth"] * (index - sub["birth"]).clip(lower=0)
+        major = np.minimum(grown + sub["jump_px"] * (index >= sub["jump_frame"]), c.max_major_px)
         out = pd.DataFrame(
             {
                 "frame": index,
@@ -159,7 +160,7 @@ def _loop_population(c: SimulationConfig, rng: np.random.Generator) -> pd.DataFr
             gap = np.hypot(x[:i] - x[i], y[:i] - y[i]) - 0.5 * (c.max_major_px * 0.6 + major0[i])
             if not np.any(coexist & (gap < 0)):
                 break
-    return pd.DataFrame(
+    loops = pd.DataFrame(
         {
             "birth": birth,
             "death": birth + lifetime,
@@ -169,9 +170,59 @@ def _loop_population(c: SimulationConfig, rng: np.random.Generator) -> pd.DataFr
             "aspect": rng.uniform(*c.aspect_range, n),
             "angle": rng.uniform(0, 180, n),
             "growth": rng.uniform(*c.growth_px_per_frame, n),
+            "jump_frame": np.iinfo(np.int64).max,  # coalescence: when the loop takes over a neighbour
+            "jump_px": 0.0,
         },
         index=pd.RangeIndex(n, name="loop_id"),
     )
+    return _coalescing(loops, c, rng) if c.coalescences else loops
+
+
+def _coalescing(loops: pd.DataFrame, c: SimulationConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """``loops`` plus ``c.coalescences`` loops that each live beside a host loop and coalesce into it.
+
+    Each newcomer sits touching its host (centres (D_a + D_b) / 2 apart at the coalescence, so the
+    ellipses meet), is 70-100 % of the host's size, lives 80-200 frames, and dies at the frame the
+    host's diameter jumps to sqrt(D_a^2 + D_b^2) (the loops' areas add). Hosts are alive for at least
+    120 frames around the event, in the field, and host one event each.
+    """
+    h, w = c.shape
+    vx, vy = c.drift_px_per_frame
+    rows, used = [], set()
+    for _ in range(50 * c.coalescences):
+        if len(rows) == c.coalescences:
+            break
+        when = int(rng.uniform(150, c.n_frames - 60))
+        host = rng.integers(len(loops))
+        b = loops.iloc[host]
+        x, y = b.x + vx * when, b.y + vy * when  # frame position at the event
+        if host in used or not (b.birth < when - 120 and b.death > when + 60) or b.jump_px:
+            continue
+        if not (0.15 * w < x < 0.85 * w and 0.15 * h < y < 0.85 * h):
+            continue
+        d_host = min(b.major0 + b.growth * (when - b.birth), c.max_major_px)
+        d_new = d_host * rng.uniform(0.7, 1.0)
+        life = int(rng.uniform(80, 200))
+        angle = rng.uniform(0, 2 * np.pi)
+        spacing = (d_host + d_new) / 2  # major axes: the ellipses touch along the line of centres
+        rows.append(
+            {
+                "birth": when - life,
+                "death": when,
+                "x": b.x + spacing * np.cos(angle),
+                "y": b.y + spacing * np.sin(angle),
+                "major0": d_new,  # no growth of its own: its size at the event is d_new
+                "aspect": b.aspect,
+                "angle": b.angle,
+                "growth": 0.0,
+                "jump_frame": np.iinfo(np.int64).max,
+                "jump_px": 0.0,
+            }
+        )
+        loops.loc[loops.index[host], ["jump_frame", "jump_px"]] = when, np.hypot(d_host, d_new) - d_host
+        used.add(host)
+    added = pd.DataFrame(rows, index=pd.RangeIndex(len(loops), len(loops) + len(rows), name="loop_id"))
+    return pd.concat([loops, added])
 
 
 def _background(c: SimulationConfig, margin: int, rng: np.random.Generator) -> np.ndarray:

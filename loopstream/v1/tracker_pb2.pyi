@@ -17,7 +17,7 @@ MODEL_FAMILY_INSTANCE: ModelFamily
 MODEL_FAMILY_SEMANTIC: ModelFamily
 
 class SessionSpec(_message.Message):
-    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames")
+    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames", "dpa_per_ion_cm2")
     MICROSCOPE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SIZE_NM_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class SessionSpec(_message.Message):
     MODEL_FAMILY_FIELD_NUMBER: _ClassVar[int]
     SEARCH_RANGE_NM_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    DPA_PER_ION_CM2_FIELD_NUMBER: _ClassVar[int]
     microscope_id: str
     sample: str
     pixel_size_nm: float
@@ -34,7 +35,8 @@ class SessionSpec(_message.Message):
     model_family: ModelFamily
     search_range_nm: float
     memory_frames: int
-    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ...) -> None: ...
+    dpa_per_ion_cm2: float
+    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., dpa_per_ion_cm2: _Optional[float] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames", "shadow_model_version", "shadow_fraction")
@@ -181,7 +183,7 @@ class Ack(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class FrameStatistics(_message.Message):
-    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count")
+    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count", "dose_dpa")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     FLUENCE_IONS_CM2_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +197,7 @@ class FrameStatistics(_message.Message):
     DRIFT_X_NM_FIELD_NUMBER: _ClassVar[int]
     DRIFT_Y_NM_FIELD_NUMBER: _ClassVar[int]
     LINKED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DOSE_DPA_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     timestamp_s: float
     fluence_ions_cm2: float
@@ -208,7 +211,8 @@ class FrameStatistics(_message.Message):
     drift_x_nm: float
     drift_y_nm: float
     linked_count: int
-    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ...) -> None: ...
+    dose_dpa: float
+    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ..., dose_dpa: _Optional[float] = ...) -> None: ...
 
 class StatisticsRequest(_message.Message):
     __slots__ = ("session_id", "from_frame", "to_frame")
@@ -221,7 +225,7 @@ class StatisticsRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., from_frame: _Optional[int] = ..., to_frame: _Optional[int] = ...) -> None: ...
 
 class SessionSummary(_message.Message):
-    __slots__ = ("frames", "mean_loop_count", "mean_density_per_um2", "mean_major_nm", "mean_minor_nm", "tracks", "duration_s", "fluence_ions_cm2", "drift_rate_x_px_per_frame", "drift_rate_y_px_per_frame", "drift_rate_x_nm_per_s", "drift_rate_y_nm_per_s", "mean_lifetime_s", "mean_free_path_nm", "mean_growth_rate_nm_s")
+    __slots__ = ("frames", "mean_loop_count", "mean_density_per_um2", "mean_major_nm", "mean_minor_nm", "tracks", "duration_s", "fluence_ions_cm2", "drift_rate_x_px_per_frame", "drift_rate_y_px_per_frame", "drift_rate_x_nm_per_s", "drift_rate_y_nm_per_s", "mean_lifetime_s", "mean_free_path_nm", "mean_growth_rate_nm_s", "nucleation_rate_per_um2_s", "nucleation_per_um2_per_ion_cm2", "loss_rate_per_um2_s", "coalescence_events", "dose_dpa")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOOP_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEAN_DENSITY_PER_UM2_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +241,11 @@ class SessionSummary(_message.Message):
     MEAN_LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
     MEAN_FREE_PATH_NM_FIELD_NUMBER: _ClassVar[int]
     MEAN_GROWTH_RATE_NM_S_FIELD_NUMBER: _ClassVar[int]
+    NUCLEATION_RATE_PER_UM2_S_FIELD_NUMBER: _ClassVar[int]
+    NUCLEATION_PER_UM2_PER_ION_CM2_FIELD_NUMBER: _ClassVar[int]
+    LOSS_RATE_PER_UM2_S_FIELD_NUMBER: _ClassVar[int]
+    COALESCENCE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DOSE_DPA_FIELD_NUMBER: _ClassVar[int]
     frames: int
     mean_loop_count: float
     mean_density_per_um2: float
@@ -252,7 +261,12 @@ class SessionSummary(_message.Message):
     mean_lifetime_s: float
     mean_free_path_nm: float
     mean_growth_rate_nm_s: float
-    def __init__(self, frames: _Optional[int] = ..., mean_loop_count: _Optional[float] = ..., mean_density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., tracks: _Optional[int] = ..., duration_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., drift_rate_x_px_per_frame: _Optional[float] = ..., drift_rate_y_px_per_frame: _Optional[float] = ..., drift_rate_x_nm_per_s: _Optional[float] = ..., drift_rate_y_nm_per_s: _Optional[float] = ..., mean_lifetime_s: _Optional[float] = ..., mean_free_path_nm: _Optional[float] = ..., mean_growth_rate_nm_s: _Optional[float] = ...) -> None: ...
+    nucleation_rate_per_um2_s: float
+    nucleation_per_um2_per_ion_cm2: float
+    loss_rate_per_um2_s: float
+    coalescence_events: int
+    dose_dpa: float
+    def __init__(self, frames: _Optional[int] = ..., mean_loop_count: _Optional[float] = ..., mean_density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., tracks: _Optional[int] = ..., duration_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., drift_rate_x_px_per_frame: _Optional[float] = ..., drift_rate_y_px_per_frame: _Optional[float] = ..., drift_rate_x_nm_per_s: _Optional[float] = ..., drift_rate_y_nm_per_s: _Optional[float] = ..., mean_lifetime_s: _Optional[float] = ..., mean_free_path_nm: _Optional[float] = ..., mean_growth_rate_nm_s: _Optional[float] = ..., nucleation_rate_per_um2_s: _Optional[float] = ..., nucleation_per_um2_per_ion_cm2: _Optional[float] = ..., loss_rate_per_um2_s: _Optional[float] = ..., coalescence_events: _Optional[int] = ..., dose_dpa: _Optional[float] = ...) -> None: ...
 
 class StatisticsReply(_message.Message):
     __slots__ = ("session_id", "frames", "summary", "window")
@@ -287,7 +301,7 @@ class TrackPoint(_message.Message):
     def __init__(self, frame_index: _Optional[int] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_nm: _Optional[float] = ..., minor_nm: _Optional[float] = ..., timestamp_s: _Optional[float] = ..., x_corrected_px: _Optional[float] = ..., y_corrected_px: _Optional[float] = ...) -> None: ...
 
 class Track(_message.Message):
-    __slots__ = ("track_id", "birth_frame", "death_frame", "points", "growth_rate_nm_s", "lifetime_s", "displacement_nm", "length")
+    __slots__ = ("track_id", "birth_frame", "death_frame", "points", "growth_rate_nm_s", "lifetime_s", "displacement_nm", "length", "growth_rate_ci95_nm_s")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     BIRTH_FRAME_FIELD_NUMBER: _ClassVar[int]
     DEATH_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +310,7 @@ class Track(_message.Message):
     LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
     DISPLACEMENT_NM_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GROWTH_RATE_CI95_NM_S_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     birth_frame: int
     death_frame: int
@@ -304,7 +319,8 @@ class Track(_message.Message):
     lifetime_s: float
     displacement_nm: float
     length: int
-    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ..., growth_rate_nm_s: _Optional[float] = ..., lifetime_s: _Optional[float] = ..., displacement_nm: _Optional[float] = ..., length: _Optional[int] = ...) -> None: ...
+    growth_rate_ci95_nm_s: float
+    def __init__(self, track_id: _Optional[int] = ..., birth_frame: _Optional[int] = ..., death_frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TrackPoint, _Mapping]]] = ..., growth_rate_nm_s: _Optional[float] = ..., lifetime_s: _Optional[float] = ..., displacement_nm: _Optional[float] = ..., length: _Optional[int] = ..., growth_rate_ci95_nm_s: _Optional[float] = ...) -> None: ...
 
 class TracksRequest(_message.Message):
     __slots__ = ("session_id", "min_length")
