@@ -60,6 +60,7 @@ class InferenceStream(ReconnectingStream):
         reconnect_timeout_s: float = 120.0,
         session_id: str = "",
         shared_memory: bool = False,
+        pixel_nm: float | None = None,
     ) -> None:
         self.url = url
         self.model_name = model_name
@@ -68,6 +69,7 @@ class InferenceStream(ReconnectingStream):
         self.max_in_flight = max_in_flight
         self.reconnect_timeout_s = reconnect_timeout_s
         self.session_id = session_id
+        self.pixel_nm = pixel_nm  # the session's: pipelines resample frames to their network's
         self.reconnects = 0
         self.shared_memory = shared_memory
         self._slots: SharedMemorySlots | None = None  # sized by the first frame
@@ -126,8 +128,14 @@ class InferenceStream(ReconnectingStream):
             model_version=self.model_version,
             outputs=[triton.InferRequestedOutput("DETECTIONS")],  # not the optional MASKS_RLE
             request_id=str(frame.index),
-            parameters={"session_id": self.session_id, "frame_index": frame.index},
+            parameters=self._parameters(frame),
         )
+
+    def _parameters(self, frame: Frame) -> dict[str, object]:
+        parameters: dict[str, object] = {"session_id": self.session_id, "frame_index": frame.index}
+        if self.pixel_nm:
+            parameters["pixel_nm"] = float(self.pixel_nm)
+        return parameters
 
     def _on_response(self, result: triton.InferResult | None, error: InferenceServerException | None) -> None:
         with self._cond:

@@ -127,6 +127,7 @@ class MicroscopeSession:
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
             session_id=self.session.session_id,
             shared_memory=endpoints.shared_memory,
+            pixel_nm=self.session.pixel_size_nm,
         )
         self._join = ShadowJoin(self._forward)
         self._candidate: InferenceStream | None = None
@@ -139,6 +140,7 @@ class MicroscopeSession:
                 max_in_flight=endpoints.max_in_flight,
                 reconnect_timeout_s=endpoints.reconnect_timeout_s,
                 session_id=self.session.session_id,
+                pixel_nm=self.session.pixel_size_nm,
             )
         self._gate = FrameGate(self._analyse, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps)
         self._started = time.monotonic()

@@ -9,7 +9,8 @@ Examples
 >>> import numpy as np
 >>> from loopstream.serving.frames import prepare_frame
 >>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), tile_px=256, overlap_px=32)
->>> config = SemanticPipelineConfig(tile_px=256, overlap_px=32)
+>>> from loopstream.serving.spec import PipelineSpec
+>>> config = PipelineSpec(tile_px=256, overlap_px=32)
 >>> logits = np.full((4, 2, 256, 256), -5.0, np.float32)
 >>> detections, masks = finish_frame(logits, prepared, config, with_masks=True)
 >>> len(detections), len(masks)
@@ -18,7 +19,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,17 +29,12 @@ from loopstream.instances import detections_from_labels, labels_from_probability
 from loopstream.masks import MaskCrop
 from loopstream.serving.frames import PreparedFrame
 
-
-@dataclass(frozen=True)
-class SemanticPipelineConfig:
-    tile_px: int = 512
-    overlap_px: int = 64  # > the largest loop's diameter in px, so each loop is whole in one tile
-    threshold: float = 0.5  # on the sigmoid probability of both channels
-    min_area_px: int = 12
+if TYPE_CHECKING:
+    from loopstream.serving.spec import PipelineSpec
 
 
 def finish_frame(
-    logits: np.ndarray, prepared: PreparedFrame, config: SemanticPipelineConfig, with_masks: bool = False
+    logits: np.ndarray, prepared: PreparedFrame, config: PipelineSpec, with_masks: bool = False
 ) -> tuple[pd.DataFrame, list[MaskCrop]]:
     """Detections (``loopstream.instances.DETECTION_COLUMNS``) and, when asked, their masks."""
     probability = 1.0 / (1.0 + np.exp(-stitch(logits, prepared.tiles, prepared.shape)))
