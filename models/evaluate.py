@@ -88,13 +88,17 @@ def annotation_crop(ann: dict, shape: tuple[int, int], coco: COCO) -> MaskCrop |
     x0, y0 = max(int(np.floor(points[:, 0].min())) - 1, 0), max(int(np.floor(points[:, 1].min())) - 1, 0)
     x1, y1 = min(int(np.ceil(points[:, 0].max())) + 2, w), min(int(np.ceil(points[:, 1].max())) + 2, h)
     if x1 <= x0 or y1 <= y0:
-        return None
-    shifted = [(np.asarray(r, np.float64).reshape(-1, 2) - (x0, y0)).ravel().tolist() for r in segmentation]
-    shifted = [r for r in shifted if len(r) >= 6]  # a ring of fewer than 3 points has no area
-    if not shifted:
-        return None
-    rle = mask_utils.merge(mask_utils.frPyObjects(shifted, y1 - y0, x1 - x0))
-    return _tight(mask_utils.decode(rle).astype(bool), x0, y0)
+        return None  # wholly outside the image
+    rings = [(np.asarray(r, np.float64).reshape(-1, 2) - (x0, y0)) for r in segmentation if len(r) >= 2]
+    polygons = [r.ravel().tolist() for r in rings if len(r) >= 3]
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    if polygons:
+        mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, y1 - y0, x1 - x0))) > 0
+    if not mask.any():  # an outline with no area (collinear, 2 points): the pixels it passes through
+        canvas = np.zeros(mask.shape, np.uint8)
+        cv2.polylines(canvas, [np.round(r).astype(np.int32) for r in rings], False, 1)
+        mask = canvas > 0
+    return _tight(mask, x0, y0)
 
 
 def _tight(mask: np.ndarray, x0: int, y0: int) -> MaskCrop | None:

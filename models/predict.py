@@ -16,6 +16,8 @@ import torch
 from loopstream.models.architectures import build_model
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
 def load_checkpoint_model(path: str | Path) -> torch.nn.Module:
     """The eager model of a training checkpoint (``last.pt``), in eval mode."""
     state = torch.load(path, map_location="cpu", weights_only=False)

@@ -5,11 +5,12 @@ masks: a 2048² hirst-ti frame has ~500 annotated loops. Each loop's size is the
 outer contour (``loopstream.instances.ellipse_of_contour``), truth and prediction alike.
 
 Real annotations hold degenerate outlines (a polygon of fewer than 5 points, collinear points, a
-polygon that rasterises to nothing). **Rule**: an annotation that rasterises to no pixel is
-dropped and counted (``dropped``); one whose outline ``cv2.fitEllipse`` cannot honestly fit is
-kept, measured by its minimum-area rectangle (``ellipse_of_contour``) and counted
-(``degenerate``, for truth and predictions both). No loop is ever given an axis longer than
-twice its own extent.
+polygon that encloses no pixel). **Rule**: an annotated loop is kept wherever it has a pixel in
+the image: an outline enclosing no area is taken as the pixels it passes through
+(``evaluate.annotation_crop``); only an annotation wholly outside the image is dropped, and
+counted (``gt_dropped``). A loop whose outline ``cv2.fitEllipse`` cannot honestly fit is
+measured by its minimum-area rectangle (``ellipse_of_contour``) and counted (``gt_degenerate``,
+``pred_degenerate``). No loop is ever given an axis longer than twice its own extent.
 
 Matching is one-to-one (``scipy.optimize.linear_sum_assignment`` on the IoU), a pair counting at
 IoU >= 0.5, twice: by mask IoU (``F1``) and by the IoU of the two fitted ellipses (``F1_ellipse``,
@@ -47,7 +48,7 @@ class TruthImage:
     image: np.ndarray
     masks: list[MaskCrop]  # one per annotated loop that has pixels
     image_id: int | None = None  # COCO id, for AP
-    dropped: int = 0  # annotations that rasterise to no pixel (see the module's rule)
+    dropped: int = 0  # annotations wholly outside the image (see the module's rule)
     loops: pd.DataFrame = field(init=False)  # ellipse of each loop (DETECTION_COLUMNS)
 
     def __post_init__(self) -> None:

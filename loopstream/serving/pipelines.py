@@ -95,13 +95,11 @@ class Pipeline:
             for i, k in enumerate(counts.reshape(-1).tolist())
         ]
 
-    def analyse(
-        self, frame: np.ndarray, core: CoreFn, pixel_nm: float | None = None, with_masks: bool = False
-    ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-        """Detections (and masks) of a frame with a synchronous core call: what Triton's glue
-        computes, in-process (evaluation, benchmarks, tests)."""
+    def analyse(self, frame: np.ndarray, core: CoreFn, pixel_nm: float | None = None) -> pd.DataFrame:
+        """Detections of a frame with a synchronous core call: what Triton's glue computes,
+        in-process (benchmarks, tests; evaluation keeps the core answers to sweep thresholds)."""
         prepared = self.prepare(frame, pixel_nm)
-        return self.finish([core(inputs) for inputs in self.core_inputs(prepared)], prepared, with_masks)
+        return self.finish([core(inputs) for inputs in self.core_inputs(prepared)], prepared)[0]
 
 
 def to_frame_px(detections: pd.DataFrame, scale: float) -> pd.DataFrame:
