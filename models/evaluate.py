@@ -231,8 +231,14 @@ def coco_ap(
         evaluation.params.maxDets = [1, 10, 1000]  # dense frames hold hundreds of loops
         evaluation.evaluate()
         evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[0]), float(evaluation.stats[1])
+    # precision [iou thresholds, recall, class, area range, max detections]: all areas, most dets
+    precision = evaluation.eval["precision"][:, :, 0, 0, -1]
+    valid = precision > -1
+    if not valid.any():
+        return 0.0, 0.0
+    ap = float(precision[valid].mean())
+    ap50 = float(precision[0][valid[0]].mean()) if valid[0].any() else 0.0
+    return ap, ap50
 
 
 def overlay(img: TruthImage, pred: Prediction) -> np.ndarray:
@@ -275,6 +281,53 @@ def report(
     return table
 
 
+def box_truth(boxes_file: Path) -> tuple[list[TruthImage], dict[str, np.ndarray]]:
+    """Frames labelled with boxes only (``{"frames": {file: [[x0, y0, x1, y1], ...]}}``, the frames
+    in ``frames/`` beside the file, as shen2021-fecral): images and each frame's boxes."""
+    import json
+
+    labelled = json.loads(Path(boxes_file).read_text())["frames"]
+    images, boxes = [], {}
+    for name, frame_boxes in sorted(labelled.items()):
+        path = Path(boxes_file).parent / "frames" / name
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise FileNotFoundError(path)
+        images.append(TruthImage(Path(name).stem, image, []))
+        boxes[Path(name).stem] = np.asarray(frame_boxes, np.float64).reshape(-1, 4)
+    return images, boxes
+
+
+def count_table(
+    images: Sequence[TruthImage], predictions: Sequence[Prediction], boxes: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """Per frame and pooled: labelled and predicted counts, N_re, and the F1 of predicted bounding
+    boxes matched one-to-one to labelled boxes at box IoU >= 0.5."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_iou
+
+    rows = []
+    for img, pred in zip(images, predictions, strict=True):
+        truth = boxes[img.name]
+        d = pred.detections
+        predicted = np.stack(
+            [d.bbox_x_px, d.bbox_y_px, d.bbox_x_px + d.bbox_width_px, d.bbox_y_px + d.bbox_height_px], 1
+        )
+        iou = box_iou(torch.as_tensor(truth), torch.as_tensor(predicted, dtype=torch.float64)).numpy()
+        matched = 0
+        if iou.size:
+            r, c = linear_sum_assignment(-iou)
+            matched = int(np.count_nonzero(iou[r, c] >= 0.5))
+        rows.append(dict(image=img.name, N_gt=len(truth), N_pred=len(d), matched_box=matched))
+    table = pd.DataFrame(rows)
+    total = table[["N_gt", "N_pred", "matched_box"]].sum()
+    table.loc[len(table)] = dict(image="overall", **total.to_dict())
+    table["N_re"] = (table.N_pred - table.N_gt) / table.N_gt * 100
+    table["F1_box"] = 2 * table.matched_box / (table.N_gt + table.N_pred)
+    return table
+
+
 def parse_ids(text: str) -> list[int]:
     """``"0:50"`` (a range) or ``"1,5,9"``."""
     if ":" in text:
@@ -292,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ids", help="COCO image ids to evaluate (default: all)")
     p.add_argument("--tune-ids", help="COCO image ids to choose the threshold on (training images only)")
     p.add_argument("--sim-seeds", help="evaluate simulated frames of these seeds instead, e.g. 0:50")
+    p.add_argument("--boxes", type=Path, help="count against box labels instead (shen2021-fecral boxes.json)")
     p.add_argument("--threshold", type=float, help="override the version's threshold")
     p.add_argument("--pixel-nm", type=float, default=PIXEL_NM, help="pixel size of the images (nm/px)")
     p.add_argument(
@@ -302,8 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="folder for summary.csv, loops/, overlays/, the sweep")
     args = p.parse_args(argv)
-    if (args.coco is None) == (args.sim_seeds is None):
-        p.error("give exactly one of --coco and --sim-seeds")
+    if sum(x is not None for x in (args.coco, args.sim_seeds, args.boxes)) != 1:
+        p.error("give exactly one of --coco, --sim-seeds and --boxes")
     if args.tune_ids and args.coco is None:
         p.error("--tune-ids needs --coco")
 
@@ -312,6 +366,14 @@ def main(argv: list[str] | None = None) -> None:
         pipeline = Pipeline(replace(pipeline.spec, threshold=args.threshold))
     sent_nm = args.pixel_nm if args.send_pixel_nm else None
     coco = None if args.coco is None else CocoLoops(args.coco, args.images)
+    if args.boxes is not None:
+        images, boxes = box_truth(args.boxes)
+        table = count_table(images, PipelineRun(pipeline, core, images, sent_nm).predictions(), boxes)
+        print(table.round(3).to_string(index=False))
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(args.out / "counts.csv", index=False, float_format="%.4f")
+        return
     if coco is not None:
         images = coco_truth(coco, parse_ids(args.ids) if args.ids else coco.ids)
     else:

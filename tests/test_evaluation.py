@@ -24,22 +24,41 @@ from loopstream.masks import MaskCrop
 from loopstream.models import evaluate
 from loopstream.models.datasets import CocoLoops
 from loopstream.models.scoring import Prediction, TruthImage, loops_of_masks, score_predictions
+from loopstream.serving import repository
+from loopstream.serving.spec import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
 from loopstream.stack import LocalStack
 from tests.conftest import CREME, CREME_IMAGE, default_version
 
 needs_creme = pytest.mark.skipif(not CREME.exists(), reason=f"no creme-ds25s data at {CREME}")
+PIPELINES = ("loops_instance", "loops_semantic")
+
+
+@pytest.fixture(scope="module")
+def defaults_stack(tmp_path_factory: pytest.TempPathFactory):
+    """tritonserver serving only the default version of each pipeline, as shipped (a copy of
+    the shipped repository's default versions: fewer models to load on a shared CPU)."""
+    root = tmp_path_factory.mktemp("defaults")
+    for pipeline in PIPELINES:
+        version = default_version(pipeline)
+        spec = PipelineSpec.read(REPOSITORY / pipeline / version / "pipeline.json")
+        network = REPOSITORY / f"{pipeline}_core" / version / "model.onnx"
+        repository.add_version(root / "repository", pipeline, spec, network, int(version))
+    with LocalStack(root, repository=root / "repository") as running:
+        yield running
 
 
 @needs_creme
-@pytest.mark.parametrize("pipeline", ["loops_instance", "loops_semantic"])
-def test_evaluation_detections_are_tritons_loop_for_loop(stack: LocalStack, tmp_path, pipeline: str) -> None:
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_evaluation_detections_are_tritons_loop_for_loop(
+    defaults_stack: LocalStack, tmp_path, pipeline: str
+) -> None:
     version = REPOSITORY / pipeline / default_version(pipeline)
     argv = ["--pipeline", str(version), "--coco", str(CREME), "--ids", "3", "--threads", "1"]
     evaluate.main([*argv, "--out", str(tmp_path)])
     evaluated = pd.read_csv(tmp_path / "loops" / "3.csv", index_col="loop")
     image = cv2.imread(str(CREME_IMAGE), cv2.IMREAD_GRAYSCALE)
-    with triton.InferenceServerClient(stack.triton_url) as client:
+    with triton.InferenceServerClient(defaults_stack.triton_url) as client:
         tensor = triton.InferInput("FRAME_U8", list(image.shape), "UINT8")
         tensor.set_data_from_numpy(image)
         served = client.infer(pipeline, [tensor]).as_numpy("DETECTIONS")
