@@ -22,9 +22,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from loopstream.client.inference import FrameResult, InferenceStream
 from loopstream.client.sources import Frame
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.serving.repository import build_flavour
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 CORE = "loops_semantic_core"
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from bench_models import best_seconds  # this folder is on sys.path when a benchmark runs
 
-from loopstream.imaging import cut_tiles, standardise, tile_grid
+from loopstream.core.imaging import cut_tiles, standardise, tile_grid
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.export_instance import (
     export_onnx,
     load_instance_checkpoint,
@@ -28,7 +29,6 @@ from loopstream.models.export_instance import (
 )
 from loopstream.models.export_torchscript import script_instance
 from loopstream.serving.repository import default_version
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "creme-ds25s" / "train" / "imgs"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loopstream.imaging import stitch
+from loopstream.core.imaging import stitch
 from loopstream.models.architectures import build_model
 from loopstream.models.export import export_onnx
 from loopstream.models.predict import LogitsFn, onnx_logits, torch_logits

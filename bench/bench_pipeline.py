@@ -22,12 +22,12 @@ import numpy as np
 from loopstream.client.inference import FrameResult, InferenceStream
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.stack import LocalStack
 from loopstream.v1 import tracker_pb2 as pb
 
 

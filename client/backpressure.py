@@ -9,7 +9,7 @@ Dropped and decimated frames are counted and listed, never silent.
 Examples
 --------
 >>> sent = []
->>> gate = FrameGate(sent.append, Policy.DECIMATE, target_fps=5.0)
+>>> gate = FrameGate(sent.append, BackpressurePolicy.DECIMATE, target_fps=5.0)
 >>> from loopstream.client.sources import Frame
 >>> for i in range(10):
 ...     gate.offer(Frame(i, i / 10.0, None, "camera"))
@@ -28,7 +28,7 @@ from enum import Enum
 from loopstream.client.sources import Frame
 
 
-class Policy(str, Enum):
+class BackpressurePolicy(str, Enum):
     BLOCK = "block"
     DROP_OLDEST = "drop-oldest"
     DECIMATE = "decimate"
@@ -40,11 +40,11 @@ class FrameGate:
     def __init__(
         self,
         submit: Callable[[Frame], None],
-        policy: Policy = Policy.BLOCK,
+        policy: BackpressurePolicy = BackpressurePolicy.BLOCK,
         buffer_frames: int = 16,
         target_fps: float | None = None,
     ) -> None:
-        if policy is Policy.DECIMATE and not target_fps:
+        if policy is BackpressurePolicy.DECIMATE and not target_fps:
             raise ValueError("the decimate policy needs a target rate: set target_fps > 0")
         self.submit = submit
         self.policy = policy
@@ -57,14 +57,14 @@ class FrameGate:
         self._closed = False
         self._error: BaseException | None = None
         self._sender: threading.Thread | None = None
-        if policy is Policy.DROP_OLDEST:
+        if policy is BackpressurePolicy.DROP_OLDEST:
             self._sender = threading.Thread(target=self._send_buffered, name="frame-gate", daemon=True)
             self._sender.start()
 
     def offer(self, frame: Frame) -> None:
-        if self.policy is Policy.BLOCK:
+        if self.policy is BackpressurePolicy.BLOCK:
             self.submit(frame)
-        elif self.policy is Policy.DECIMATE:
+        elif self.policy is BackpressurePolicy.DECIMATE:
             if self._next_due_s is not None and frame.timestamp_s < self._next_due_s - 1e-9:
                 self.skipped.append(frame.index)
                 return

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from loopstream.client.backpressure import Policy
+from loopstream.client.backpressure import BackpressurePolicy
 from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
 from loopstream.client.sources import Frame, SimulatorSource, SourceError, open_source
-from loopstream.simulator import SimulationConfig
+from loopstream.core.simulator import SimulationConfig
 from loopstream.v1 import tracker_pb2 as pb
 
 FAMILIES = {"instance": pb.MODEL_FAMILY_INSTANCE, "semantic": pb.MODEL_FAMILY_SEMANTIC, "auto": 0}
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--family", choices=FAMILIES, default=_env("MODEL_FAMILY", "auto"))
     parser.add_argument(
         "--policy",
-        choices=[p.value for p in Policy],
+        choices=[p.value for p in BackpressurePolicy],
         default=_env("POLICY", "block"),
         help="when analysis falls behind: wait, drop the oldest buffered frame, or decimate",
     )
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         args.tracker,
         args.token,
         args.max_in_flight,
-        policy=Policy(args.policy),
+        policy=BackpressurePolicy(args.policy),
         buffer_frames=args.buffer_frames,
         target_fps=args.target_fps,
         shared_memory=args.shared_memory,

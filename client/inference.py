@@ -34,17 +34,15 @@ INPUT_OF_DTYPE = {"uint8": ("FRAME_U8", "UINT8"), "uint16": ("FRAME_U16", "UINT1
 class _InFlight:
     frame: Frame
     sent_s: float
-    attempts: int
     slot: int | None  # shared-memory slot holding the frame, if any
 
 
 @dataclass(frozen=True)
 class FrameResult:
     frame: Frame
-    detections: np.ndarray | None  # [loops, 11] in loopstream.instances.DETECTION_COLUMNS order
+    detections: np.ndarray | None  # [loops, 11] in loopstream.core.detections.LOOP_COLUMNS order
     error: str | None
     latency_s: float
-    attempts: int  # 1 unless the frame was sent again after a broken stream
 
 
 class InferenceStream(ReconnectingStream):
@@ -58,7 +56,6 @@ class InferenceStream(ReconnectingStream):
         model_version: str = "",
         max_in_flight: int = 8,
         reconnect_timeout_s: float = 120.0,
-        session_id: str = "",
         shared_memory: bool = False,
         pixel_nm: float | None = None,
     ) -> None:
@@ -68,7 +65,6 @@ class InferenceStream(ReconnectingStream):
         self.on_result = on_result
         self.max_in_flight = max_in_flight
         self.reconnect_timeout_s = reconnect_timeout_s
-        self.session_id = session_id
         self.pixel_nm = pixel_nm  # the session's: pipelines resample frames to their network's
         self.reconnects = 0
         self.shared_memory = shared_memory
@@ -86,7 +82,7 @@ class InferenceStream(ReconnectingStream):
             return
         with self._cond:
             self._wait_locked(lambda: len(self._pending) >= self.max_in_flight or self._broken is not None)
-            entry = _InFlight(frame, time.monotonic(), 1, self._slot_for(frame.image))
+            entry = _InFlight(frame, time.monotonic(), self._slot_for(frame.image))
             self._pending[frame.index] = entry
             self._send(entry)
 
@@ -128,14 +124,8 @@ class InferenceStream(ReconnectingStream):
             model_version=self.model_version,
             outputs=[triton.InferRequestedOutput("DETECTIONS")],  # not the optional MASKS_RLE
             request_id=str(frame.index),
-            parameters=self._parameters(frame),
+            parameters={"pixel_nm": float(self.pixel_nm)} if self.pixel_nm else None,
         )
-
-    def _parameters(self, frame: Frame) -> dict[str, object]:
-        parameters: dict[str, object] = {"session_id": self.session_id, "frame_index": frame.index}
-        if self.pixel_nm:
-            parameters["pixel_nm"] = float(self.pixel_nm)
-        return parameters
 
     def _on_response(self, result: triton.InferResult | None, error: InferenceServerException | None) -> None:
         with self._cond:
@@ -159,9 +149,7 @@ class InferenceStream(ReconnectingStream):
         message = (
             None if error is None else f"Triton rejected frame {index} ({frame.origin}): {error.message()}"
         )
-        self.on_result(
-            FrameResult(frame, detections, message, time.monotonic() - entry.sent_s, entry.attempts)
-        )
+        self.on_result(FrameResult(frame, detections, message, time.monotonic() - entry.sent_s))
 
     def _reconnect_locked(self) -> None:
         """Reopen the stream once Triton is live, and send every unanswered frame again."""
@@ -195,7 +183,6 @@ class InferenceStream(ReconnectingStream):
         log.info("reconnected to Triton; resending %d unanswered frames", len(self._pending))
         for entry in self._pending.values():
             entry.sent_s = time.monotonic()
-            entry.attempts += 1
             self._send(entry)
 
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from loopstream.client.backpressure import FrameGate, Policy
+from loopstream.client.backpressure import BackpressurePolicy, FrameGate
 from loopstream.client.inference import FrameResult, InferenceStream, pinned_version
 from loopstream.client.shadow import ShadowJoin, agreement
 from loopstream.client.sources import Frame
-from loopstream.client.tracker_link import DetectionStream, auth_metadata, loops_message, open_channel
-from loopstream.tracker.rollout import shadows_frame
+from loopstream.client.tracker_link import DetectionStream, auth_metadata, open_channel
+from loopstream.core.detections import encode_loops, shadows_frame
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -41,7 +41,7 @@ class Endpoints:
     token: str | None = None  # bearer token of the tracker
     max_in_flight: int = 8
     reconnect_timeout_s: float = 120.0
-    policy: Policy = Policy.BLOCK  # when analysis falls behind the camera
+    policy: BackpressurePolicy = BackpressurePolicy.BLOCK  # when analysis falls behind the camera
     buffer_frames: int = 16  # drop-oldest: frames waiting beyond the in-flight window
     target_fps: float | None = None  # decimate: frames/s of acquisition time to analyse
     shared_memory: bool = False  # frames through system shared memory (client and Triton on one host)
@@ -125,7 +125,6 @@ class MicroscopeSession:
             model_version=self.model_version,
             max_in_flight=endpoints.max_in_flight,
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
-            session_id=self.session.session_id,
             shared_memory=endpoints.shared_memory,
             pixel_nm=self.session.pixel_size_nm,
         )
@@ -139,7 +138,6 @@ class MicroscopeSession:
                 model_version=self.session.shadow_model_version,
                 max_in_flight=endpoints.max_in_flight,
                 reconnect_timeout_s=endpoints.reconnect_timeout_s,
-                session_id=self.session.session_id,
                 pixel_nm=self.session.pixel_size_nm,
             )
         self._gate = FrameGate(self._analyse, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps)
@@ -210,14 +208,13 @@ class MicroscopeSession:
             self.report.latency_s.append(result.latency_s)
         h, w = frame.image.shape[-2:]
         message = pb.FrameDetections(
-            session_id=self.session.session_id,
             frame_index=frame.index,
             timestamp_s=frame.timestamp_s,
             model_name=self.session.model_name,
             model_version=self.model_version,
             width_px=w,
             height_px=h,
-            loops=loops_message(detections),
+            loops=encode_loops(detections),
             latency_s=result.latency_s,
         )
         if candidate is not None:

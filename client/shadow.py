@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 from loopstream.client.inference import FrameResult
-from loopstream.instances import DETECTION_COLUMNS
+from loopstream.core.detections import LOOP_COLUMNS
 
 MIN_IOU = 0.5
 ELLIPSE_COLUMNS = ["x_px", "y_px", "major_px", "minor_px", "angle_deg"]
-_ELLIPSE_INDEX = [DETECTION_COLUMNS.index(c) for c in ELLIPSE_COLUMNS]
+_ELLIPSE_INDEX = [LOOP_COLUMNS.index(c) for c in ELLIPSE_COLUMNS]
 _RASTER_PX = 64  # the joint box is drawn at least this wide, so small loops get sub-pixel IoU
 
 
@@ -52,7 +52,7 @@ def ellipses(detections: np.ndarray | pd.DataFrame) -> np.ndarray:
     """(N, 5) float64 x, y, major, minor, angle of a detections array (N, 11) or DataFrame."""
     if isinstance(detections, pd.DataFrame):
         return detections[ELLIPSE_COLUMNS].to_numpy(np.float64)
-    return np.asarray(detections, np.float64).reshape(-1, len(DETECTION_COLUMNS))[:, _ELLIPSE_INDEX]
+    return np.asarray(detections, np.float64).reshape(-1, len(LOOP_COLUMNS))[:, _ELLIPSE_INDEX]
 
 
 def ellipse_iou(a: np.ndarray, b: np.ndarray) -> float:

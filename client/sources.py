@@ -8,7 +8,7 @@ in-situ folder tree. Unreadable files raise :class:`SourceError` naming the file
 
 Examples
 --------
->>> from loopstream.simulator import SimulationConfig
+>>> from loopstream.core.simulator import SimulationConfig
 >>> frames = list(SimulatorSource(SimulationConfig(shape=(64, 64), n_frames=3), seed=0))
 >>> [f.index for f in frames], frames[0].image.dtype.name
 ([0, 1, 2], 'uint16')
@@ -35,7 +35,7 @@ from loopstream.client.formats import (
     read_planes,
 )
 from loopstream.client.integration import IntegratedSource
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 
 __all__ = [
     "DirectorySource",

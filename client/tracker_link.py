@@ -15,7 +15,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import grpc
-import numpy as np
 
 from loopstream.client.reconnecting import ReconnectingStream
 from loopstream.v1 import tracker_pb2 as pb
@@ -34,23 +33,6 @@ def open_channel(url: str, root_certificate: bytes | None = None) -> grpc.Channe
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-def loops_message(detections: np.ndarray) -> list[pb.Loop]:
-    """Wire form of a Triton DETECTIONS array (columns of ``loopstream.instances.DETECTION_COLUMNS``)."""
-    return [
-        pb.Loop(
-            score=row[0],
-            x_px=row[1],
-            y_px=row[2],
-            major_px=row[3],
-            minor_px=row[4],
-            angle_deg=row[5],
-            area_px=row[6],
-            bbox=pb.BoundingBox(x_px=row[7], y_px=row[8], width_px=row[9], height_px=row[10]),
-        )
-        for row in detections.tolist()
-    ]
 
 
 class DetectionStream(ReconnectingStream):

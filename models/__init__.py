@@ -1,1 +1,4 @@
-"""Segmentation models: architectures, training, export, Triton repository builder."""
+"""Models of loops: architectures (U-Net, Mask R-CNN), training, evaluation, export, detectron2 import.
+
+The Triton repository builder is ``loopstream.serving.repository``.
+"""

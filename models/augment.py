@@ -5,7 +5,7 @@ detector response and foil thickness change contrast, gamma, shot noise and focu
 experiment to experiment; loops are not perfect ellipses and foils bend, which a smooth elastic
 deformation (a few px over tens of px) imitates, so the few hand-drawn real loops count for more.
 Standardisation comes last, as in serving, so the model sees exactly what
-``loopstream.imaging.standardise`` makes of an augmented camera frame.
+``loopstream.core.imaging.standardise`` makes of an augmented camera frame.
 
 Examples
 --------
@@ -22,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from loopstream.imaging import standardise
+from loopstream.core.imaging import standardise
 
 GAMMA_RANGE = (0.7, 1.45)
 BLUR_SIGMA_PX = (0.3, 1.5)

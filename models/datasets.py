@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from pycocotools.coco import COCO
 
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.targets import draw_ellipse, targets_from_ellipses, targets_from_instances
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 
 @dataclass

@@ -37,7 +37,7 @@ Mask R-CNN, and how each difference is implemented:
    config, sizes per P2-P6 from ``--anchor-sizes``. A checkpoint that stores its cell anchors
    (older detectron2) has them used as they are.
 7. Masks: sigmoid of the loop channel on 28x28, pasted at pixel centres inside the box and
-   thresholded at 0.5 (``loopstream.serving.instance.paste_mask``, detectron2's
+   thresholded at 0.5 (``loopstream.serving.instance_merge.paste_mask``, detectron2's
    ``paste_masks_in_image``), outside the exported graph.
 8. Test-time resize as detectron2's DefaultPredictor does (``INPUT.MIN_SIZE_TEST`` /
    ``MAX_SIZE_TEST``, default 800 / 1333; 0 = none): inside the model, bilinear, zero padding to

@@ -40,14 +40,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from loopstream.masks import MaskCrop
+from loopstream.core.masks import MaskCrop
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.datasets import CocoLoops, instances_from_ellipses
 from loopstream.models.scoring import Prediction, TruthImage, score_predictions
 from loopstream.serving.core_models import open_core
 from loopstream.serving.frames import PreparedFrame
 from loopstream.serving.pipelines import CoreFn, Pipeline
 from loopstream.serving.spec import PipelineSpec
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 PIXEL_NM = 200.0 / 512.0  # creme-ds25s: 200 nm field of view on 512 px
 MAX_ABS_N_RE = 10.0  # the counting constraint of threshold choice (%)

@@ -170,7 +170,7 @@ def real_tile(path: str | Path, px: int = 512) -> np.ndarray:
     """A standardised [1, 1, px, px] tile from the top-left of a grey image file."""
     import cv2
 
-    from loopstream.imaging import standardise
+    from loopstream.core.imaging import standardise
 
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:

@@ -8,7 +8,7 @@ so both follow detectron2's inference rules:
   no padding inside the model (torchvision's transform would rescale every input to a short side
   of 800 px). The grey channel is normalised by the ``pixel_mean`` / ``pixel_std`` buffers
   (3 values, BGR order) and thereby replicated to 3 channels: our models keep 0 / 1 and get the
-  per-frame standardised tile (``loopstream.imaging.standardise``); an imported detectron2
+  per-frame standardised tile (``loopstream.core.imaging.standardise``); an imported detectron2
   model gets 8-bit grey counts and its config's PIXEL_MEAN / PIXEL_STD.
 - Anchors: detectron2's cell anchors (no rounding of the anchor corners, unlike torchvision),
   offset 0.0, fixed strides 4-64 px, one set of sizes per FPN level, aspect ratios 0.5, 1, 2.
@@ -16,7 +16,7 @@ so both follow detectron2's inference rules:
   ``floor(4 + log2(sqrt(area) / 224 + 1e-8))`` clamped to the pooled levels, fixed strides.
 - Outputs in eval mode, per image: ``boxes`` [K, 4] (x0, y0, x1, y1 in input px), ``scores`` [K],
   ``masks`` [K, 1, 28, 28] loop probabilities of the mask head. Pasting into the image and the
-  0.5 threshold happen in serving (``loopstream.serving.instance.paste_mask``, detectron2's
+  0.5 threshold happen in serving (``loopstream.serving.instance_merge.paste_mask``, detectron2's
   rule), so full-size masks never leave the model.
 
 ``maskrcnn_r18`` is small on purpose (CPU serving, <= 25 MB file): ResNet-18 stages C2-C4 only

@@ -2,7 +2,7 @@
 
 Loops on both sides are kept as masks within their boxes (``MaskCrop``), never as full-frame
 masks: a 2048² hirst-ti frame has ~500 annotated loops. Each loop's size is the ellipse of its
-outer contour (``loopstream.instances.ellipse_of_contour``), truth and prediction alike.
+outer contour (``loopstream.core.ellipses.ellipse_of_contour``), truth and prediction alike.
 
 Real annotations hold degenerate outlines (a polygon of fewer than 5 points, collinear points, a
 polygon that encloses no pixel). **Rule**: an annotated loop is kept wherever it has a pixel in
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from loopstream import metrics
-from loopstream.instances import detections_from_labels, ellipse_fit_is_degenerate, empty_detections
-from loopstream.masks import MaskCrop
+from loopstream.core import measures
+from loopstream.core.ellipses import detections_from_labels, ellipse_fit_is_degenerate, empty_detections
+from loopstream.core.masks import MaskCrop
 from loopstream.models.targets import draw_ellipse
 
 MIN_IOU = 0.5
@@ -49,7 +49,7 @@ class TruthImage:
     masks: list[MaskCrop]  # one per annotated loop that has pixels
     image_id: int | None = None  # COCO id, for AP
     dropped: int = 0  # annotations wholly outside the image (see the module's rule)
-    loops: pd.DataFrame = field(init=False)  # ellipse of each loop (DETECTION_COLUMNS)
+    loops: pd.DataFrame = field(init=False)  # ellipse of each loop (loopstream.core.detections.LOOP_COLUMNS)
 
     def __post_init__(self) -> None:
         self.loops = loops_of_masks(self.masks)
@@ -57,7 +57,7 @@ class TruthImage:
 
 @dataclass
 class Prediction:
-    detections: pd.DataFrame  # loopstream.instances.DETECTION_COLUMNS, as the pipeline returns them
+    detections: pd.DataFrame  # loopstream.core.detections.LOOP_COLUMNS, as the pipeline returns them
     masks: list[MaskCrop]  # row for row
 
 
@@ -136,29 +136,29 @@ def crop_iou_matrix(truth: Sequence[MaskCrop], predicted: Sequence[MaskCrop]) ->
     return out
 
 
-def match(truth: Sequence[MaskCrop], predicted: Sequence[MaskCrop]) -> metrics.MatchScores:
+def match(truth: Sequence[MaskCrop], predicted: Sequence[MaskCrop]) -> measures.MatchScores:
     """One-to-one matching maximising total IoU; pairs below ``MIN_IOU`` do not count."""
     iou = crop_iou_matrix(truth, predicted)
     if iou.size == 0:
-        return metrics.MatchScores(0, len(predicted), len(truth))
+        return measures.MatchScores(0, len(predicted), len(truth))
     rows, cols = linear_sum_assignment(-iou)
-    return metrics.MatchScores(int(np.count_nonzero(iou[rows, cols] >= MIN_IOU)), len(predicted), len(truth))
+    return measures.MatchScores(int(np.count_nonzero(iou[rows, cols] >= MIN_IOU)), len(predicted), len(truth))
 
 
 def image_row(
     name: str,
-    truth: metrics.ImageStatistics,
-    pred: metrics.ImageStatistics,
-    by_mask: metrics.MatchScores,
-    by_ellipse: metrics.MatchScores,
+    truth: measures.ImageStatistics,
+    pred: measures.ImageStatistics,
+    by_mask: measures.MatchScores,
+    by_ellipse: measures.MatchScores,
     pixel_nm: float,
 ) -> dict:
     """One summary row: statistics (px, nm), relative errors (%), P1, P2, matching scores."""
-    f_re = metrics.relative_error(pred.f_pct, truth.f_pct)
-    n_re = metrics.relative_error(pred.n, truth.n)
-    d_re = metrics.relative_error(pred.d_px, truth.d_px)
-    dm_re = metrics.relative_error(pred.dm_px, truth.dm_px)
-    s_re = metrics.size_error(d_re, dm_re)
+    f_re = measures.relative_error(pred.f_pct, truth.f_pct)
+    n_re = measures.relative_error(pred.n, truth.n)
+    d_re = measures.relative_error(pred.d_px, truth.d_px)
+    dm_re = measures.relative_error(pred.dm_px, truth.dm_px)
+    s_re = measures.size_error(d_re, dm_re)
     return dict(
         image=name,
         F_gt_pct=truth.f_pct,
@@ -178,8 +178,8 @@ def image_row(
         D_re=d_re,
         Dm_re=dm_re,
         S_re=s_re,
-        P1=metrics.p1(f_re, n_re, s_re),
-        P2=metrics.p2(n_re, d_re, dm_re),
+        P1=measures.p1(f_re, n_re, s_re),
+        P2=measures.p2(n_re, d_re, dm_re),
         matched=by_mask.matched,
         precision=by_mask.precision,
         recall=by_mask.recall,
@@ -195,7 +195,7 @@ def score_predictions(
     """Per-image rows plus a last ``overall`` row (pooled statistics, summed matches), with the
     counts of degenerate and dropped annotations and of degenerate predictions."""
     rows = []
-    total_mask = total_ellipse = metrics.MatchScores(0, 0, 0)
+    total_mask = total_ellipse = measures.MatchScores(0, 0, 0)
     truth_fg, pred_fg = [], []
     for img, pred in zip(images, predictions, strict=True):
         by_mask = match(img.masks, pred.masks)
@@ -205,8 +205,8 @@ def score_predictions(
         pred_fg.append(foreground(pred.masks, img.image.shape))
         row = image_row(
             img.name,
-            metrics.image_statistics(truth_fg[-1], img.loops),
-            metrics.image_statistics(pred_fg[-1], pred.detections),
+            measures.image_statistics(truth_fg[-1], img.loops),
+            measures.image_statistics(pred_fg[-1], pred.detections),
             by_mask,
             by_ellipse,
             pixel_nm,
@@ -217,8 +217,8 @@ def score_predictions(
             pred_degenerate=degenerate_count(pred.masks),
         )
         rows.append(row)
-    truth_all = metrics.pooled_statistics(truth_fg, [i.loops for i in images])
-    pred_all = metrics.pooled_statistics(pred_fg, [p.detections for p in predictions])
+    truth_all = measures.pooled_statistics(truth_fg, [i.loops for i in images])
+    pred_all = measures.pooled_statistics(pred_fg, [p.detections for p in predictions])
     overall = image_row("overall", truth_all, pred_all, total_mask, total_ellipse, pixel_nm)
     for key in ("gt_degenerate", "gt_dropped", "pred_degenerate"):
         overall[key] = sum(r[key] for r in rows)

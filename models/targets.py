@@ -2,7 +2,7 @@
 
 The core of a loop is its ellipse with both axes shrunk to ``CORE_SCALE``: cores of touching
 loops do not touch, so at inference they seed a watershed that splits the loops again
-(``loopstream.instances.labels_from_probability``).
+(``loopstream.core.ellipses.labels_from_probability``).
 
 Examples
 --------
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from loopstream.instances import ellipse_of_contour
+from loopstream.core.ellipses import ellipse_of_contour
 
 CORE_SCALE = 0.5  # core axes / loop axes
 _SHIFT = 4  # cv2 drawing with 1/16 px precision

@@ -112,7 +112,7 @@ def validation_set(
     args: argparse.Namespace, coco: CocoLoops | None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed, unaugmented validation frames: simulated (VAL_SEEDS) plus any --val-ids images."""
-    from loopstream.imaging import standardise
+    from loopstream.core.imaging import standardise
 
     rng = np.random.default_rng(12345)
     samples = [simulated_sample(seed, rng, (args.sim_px, args.sim_px)) for seed in VAL_SEEDS]

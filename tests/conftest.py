@@ -8,14 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 
+from loopstream.dev.stack import LocalStack
 from loopstream.serving import repository
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.stack import LocalStack
-from loopstream.tracker.store import MIGRATIONS
+from loopstream.tracker.store import AB_FRAME_COLUMNS, MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CREME = (
@@ -59,6 +60,17 @@ def infer_detections(url: str, pipeline: str, frame: np.ndarray, version: str) -
         return client.infer(pipeline, [tensor], model_version=version).as_numpy("DETECTIONS")
 
 
+# Fixtures that start a tritonserver; a test using one is marked ``triton`` (README, "Testing"). A
+# test that starts Triton itself, not through one of these, carries ``@pytest.mark.triton``.
+TRITON_FIXTURES = {"stack", "ab_stack", "own_stack", "replicas", "served", "triton_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRITON_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.triton)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """One local stack for the tests that only stream through it."""
@@ -74,3 +86,14 @@ def schema_1_store(path: Path) -> sqlite3.Connection:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (1)")
     return db
+
+
+def stored_ab_frames(db_path: Path, session_id: str) -> pd.DataFrame:
+    """Each stored frame's arm, latency and shadow agreement, read straight from the tracker's file."""
+    with sqlite3.connect(db_path) as db:
+        return pd.read_sql_query(
+            f"SELECT frame_index, model_version, {', '.join(AB_FRAME_COLUMNS)} FROM frames "
+            "WHERE sid = (SELECT sid FROM sessions WHERE session_id = ?) ORDER BY frame_index",
+            db,
+            params=(session_id,),
+        ).astype({"frame_index": "int64"})

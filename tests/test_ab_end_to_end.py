@@ -13,22 +13,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from loopstream.client import rollout_cli
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame, SimulatorSource
-from loopstream.simulator import SimulationConfig
-from loopstream.stack import LocalStack
+from loopstream.core.detections import shadows_frame
+from loopstream.core.simulator import SimulationConfig
+from loopstream.dev.stack import LocalStack
+from loopstream.ops import rollout_cli
 from loopstream.tracker.client import TrackerClient
-from loopstream.tracker.rollout import Policy, Shadow, promote, shadows_frame, write_policy
+from loopstream.tracker.rollout import RolloutPolicy, Shadow, promote, write_policy
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2 as pb
-from tests.conftest import differing_versions, write_versions
+from tests.conftest import differing_versions, stored_ab_frames, write_versions
 
 PIPELINE = "loops_semantic"
 SPECS = differing_versions(min_area_px=500)
 CONFIG = SimulationConfig(shape=(256, 256), n_frames=10)
 FRAMES: list[Frame] = list(SimulatorSource(CONFIG, seed=7))
-TRIAL = Policy(PIPELINE, {"1": 0.5, "2": 0.5})
+TRIAL = RolloutPolicy(PIPELINE, {"1": 0.5, "2": 0.5})
 SPEC = pb.SessionSpec(
     microscope_id="ab", pixel_size_nm=CONFIG.pixel_size_nm, frame_rate_hz=CONFIG.frame_rate_hz
 )
@@ -79,7 +80,8 @@ def _stream(stack: LocalStack, want_arm: str) -> MicroscopeSession:
 def _stored(stack: LocalStack, session_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(detections, per-frame arm/latency/shadow) as the tracker stored them."""
     with Store(stack.workdir / "tracker.db") as store:
-        return store.detections(session_id)[["frame_index", *LOOP_VALUES]], store.ab_frames(session_id)
+        detections = store.detections(session_id)[["frame_index", *LOOP_VALUES]]
+    return detections, stored_ab_frames(stack.workdir / "tracker.db", session_id)
 
 
 def _arms(stack: LocalStack, since: float) -> dict[str, pb.ArmStatistics]:
@@ -135,7 +137,7 @@ def test_sessions_get_both_arms_and_their_arm_analyses_every_frame(ab_stack: Loc
 def test_shadow_records_agreement_without_changing_the_sessions_results(
     ab_stack: LocalStack, trial: dict, capsys: pytest.CaptureFixture
 ) -> None:
-    write_policy(_policy_path(ab_stack), Policy(PIPELINE, TRIAL.arms, Shadow("2", 0.5)))
+    write_policy(_policy_path(ab_stack), RolloutPolicy(PIPELINE, TRIAL.arms, Shadow("2", 0.5)))
     started = time.time()
     session = _stream(ab_stack, "1")
     sid = session.session.session_id
@@ -188,7 +190,7 @@ def test_promote_steers_new_sessions_only(
 
 def test_a_failing_candidate_never_fails_the_sessions_frames(ab_stack: LocalStack, trial: dict) -> None:
     """Version 3 is in no repository: every shadow request fails, every session frame is stored."""
-    write_policy(_policy_path(ab_stack), Policy(PIPELINE, TRIAL.arms, Shadow("3", 1.0)))
+    write_policy(_policy_path(ab_stack), RolloutPolicy(PIPELINE, TRIAL.arms, Shadow("3", 1.0)))
     session = _stream(ab_stack, "1")
     assert session.report.shadowed == 0
     detections, frames = _stored(ab_stack, session.session.session_id)

@@ -14,8 +14,8 @@ import pytest
 from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
 from loopstream.client.sources import SimulatorSource
 from loopstream.client.tracker_link import auth_metadata
-from loopstream.simulator import SimulationConfig
-from loopstream.stack import LocalStack
+from loopstream.core.simulator import SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 

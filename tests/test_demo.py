@@ -19,6 +19,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.triton
 def test_main_job_from_a_fresh_clone_leaves_no_process_behind(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)

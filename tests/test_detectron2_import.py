@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from loopstream.models.detectron2_import import CheckpointError, import_checkpoint, main
 from loopstream.models.maskrcnn import AlignedRoIPooler, Detectron2Anchors
-from loopstream.serving.instance import paste_mask
+from loopstream.serving.instance_merge import paste_mask
 
 torch.set_num_threads(2)
 

@@ -10,8 +10,8 @@ import numpy as np
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame, SimulatorSource
 from loopstream.client.tracker_link import DetectionStream, auth_metadata
-from loopstream.simulator import SimulationConfig
-from loopstream.stack import LocalStack
+from loopstream.core.simulator import SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 

@@ -19,15 +19,16 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 
-from loopstream.instances import DETECTION_COLUMNS, ellipse_of_contour
-from loopstream.masks import MaskCrop
+from loopstream.core.detections import LOOP_COLUMNS
+from loopstream.core.ellipses import ellipse_of_contour
+from loopstream.core.masks import MaskCrop
+from loopstream.dev.stack import LocalStack
 from loopstream.models import evaluate
 from loopstream.models.datasets import CocoLoops
 from loopstream.models.scoring import Prediction, TruthImage, loops_of_masks, score_predictions
 from loopstream.serving import repository
 from loopstream.serving.spec import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.stack import LocalStack
 from tests.conftest import CREME, CREME_IMAGE, default_version
 
 needs_creme = pytest.mark.skipif(not CREME.exists(), reason=f"no creme-ds25s data at {CREME}")
@@ -62,7 +63,7 @@ def test_evaluation_detections_are_tritons_loop_for_loop(
         tensor = triton.InferInput("FRAME_U8", list(image.shape), "UINT8")
         tensor.set_data_from_numpy(image)
         served = client.infer(pipeline, [tensor]).as_numpy("DETECTIONS")
-    assert list(evaluated.columns) == DETECTION_COLUMNS
+    assert list(evaluated.columns) == LOOP_COLUMNS
     assert len(served) > 0 and len(evaluated) == len(served)
     np.testing.assert_allclose(evaluated.to_numpy(np.float32), served, rtol=1e-4, atol=1e-3)
 

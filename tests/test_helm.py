@@ -26,7 +26,7 @@ kv = pytest.importorskip(
 )
 from helm_python import _native  # noqa: E402  (after the importorskip guard)
 
-from loopstream.tracker.rollout import Policy, Shadow  # noqa: E402
+from loopstream.tracker.rollout import RolloutPolicy, Shadow  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "loopstream"
 SCENARIOS = {
@@ -494,8 +494,8 @@ def test_ab_policy_with_shadow_is_a_policy_the_tracker_accepts(chart):
     shadow = {"version": "2", "fraction": 0.05}
     values = {"tracker": {"abPolicy": {"arms": {"1": 0.9, "2": 0.1}, "shadow": shadow}}}
     cm = one(objects(render(chart, values)), "ConfigMap", f"{PREFIX}-tracker-ab-policy")
-    policy = Policy.from_json(cm["data"]["ab-policy.json"])
-    assert policy == Policy("loops_semantic", {"1": 0.9, "2": 0.1}, Shadow("2", 0.05))
+    policy = RolloutPolicy.from_json(cm["data"]["ab-policy.json"])
+    assert policy == RolloutPolicy("loops_semantic", {"1": 0.9, "2": 0.1}, Shadow("2", 0.05))
 
 
 def test_existing_token_secret_is_used_and_not_created(chart):

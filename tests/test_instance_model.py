@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -105,9 +102,3 @@ def test_fine_tuning_refuses_a_second_initialisation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--init", "a.pt", "--init-encoder", "b.pt", "--sim-fraction", "1"])
     assert "--init already sets every weight" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("name", ["loopstream.models.maskrcnn", "loopstream.serving.instance"])
-def test_docstring_examples(name: str) -> None:
-    result = doctest.testmod(importlib.import_module(name))
-    assert result.attempted > 0 and result.failed == 0

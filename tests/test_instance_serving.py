@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from loopstream import metrics
-from loopstream.imaging import tile_grid
-from loopstream.instances import DETECTION_COLUMNS
+from loopstream.core import measures
+from loopstream.core.detections import LOOP_COLUMNS
+from loopstream.core.imaging import tile_grid
 from loopstream.serving.frames import prepare_frame
-from loopstream.serving.instance import (
+from loopstream.serving.instance_merge import (
     TileDetections,
     frame_instances,
     label_instances,
@@ -90,7 +90,7 @@ def test_tiled_frame_gives_the_loops_of_the_untiled_frame(frame):
     assert len(untiled) == n_loops
     assert len(tiled) == n_loops  # nothing lost, nothing duplicated at the borders
     truth = label_instances(untiled, image.shape)
-    scores = metrics.match_loops(
+    scores = measures.match_loops(
         label_instances(tiled, image.shape), [truth == i + 1 for i in range(n_loops)]
     )
     assert scores.matched == n_loops  # each loop whole (IoU >= 0.5) exactly once
@@ -99,7 +99,7 @@ def test_tiled_frame_gives_the_loops_of_the_untiled_frame(frame):
 def test_detections_have_the_common_columns(frame):
     image, _ = frame
     det = Pipeline(instance_spec()).analyse(image[:700, :900], oracle_core)
-    assert list(det.columns) == DETECTION_COLUMNS and len(det) > 10
+    assert list(det.columns) == LOOP_COLUMNS and len(det) > 10
     assert (det.major_px >= det.minor_px).all() and det.area_px.min() >= 6
 
 
@@ -113,7 +113,7 @@ def test_owned_regions_partition_the_frame():
 
 
 def test_cut_copy_outside_the_owned_region_is_dropped():
-    from loopstream.imaging import Tile
+    from loopstream.core.imaging import Tile
 
     config = instance_spec()
     probs = np.ones((1, 28, 28), np.float32)
@@ -125,7 +125,7 @@ def test_cut_copy_outside_the_owned_region_is_dropped():
 
 
 def test_mask_nms_keeps_the_best_of_overlapping_copies():
-    from loopstream.serving.instance import Instance
+    from loopstream.serving.instance_merge import Instance
 
     disc = cv2.circle(np.zeros((21, 21), np.uint8), (10, 10), 10, 1, -1).astype(bool)
     a, b, c = Instance(0.9, 100, 100, disc), Instance(0.8, 102, 101, disc), Instance(0.7, 140, 100, disc)

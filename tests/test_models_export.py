@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from loopstream.imaging import standardise
+from loopstream.core.imaging import standardise
 from loopstream.models.architectures import build_model
 from loopstream.models.export import export_onnx
 from loopstream.models.predict import onnx_logits, torch_logits

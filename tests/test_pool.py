@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import doctest
 from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
 
-from loopstream import pool
-from loopstream.client import rollout_cli
-from loopstream.pool import PoolError, load_everywhere, replicas_from_endpoint_slices, served_versions
+from loopstream.ops import pool, rollout_cli
+from loopstream.ops.pool import PoolError, load_everywhere, replicas_from_endpoint_slices, served_versions
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.repository import add_version, versions_of
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
-from loopstream.tracker.rollout import Policy, PolicyFile, write_policy
+from loopstream.tracker.rollout import PolicyFile, RolloutPolicy, write_policy
 
 PIPELINE = "loops_semantic"
 ONNX = REPOSITORY / f"{PIPELINE}_core" / "1" / "model.onnx"
 SHIPPED_SPEC = REPOSITORY / PIPELINE / "1" / "pipeline.json"
-
-
-def test_docstring_examples() -> None:
-    result = doctest.testmod(pool)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def _endpoint(address: str, ready: bool | None = True, terminating: bool | None = None) -> k8s.V1Endpoint:
@@ -136,7 +129,7 @@ def test_the_rollout_cli_changes_the_policy_only_for_versions_served_everywhere(
     for name in ("a", "b"):
         _publish(replicas, name, 2)
     path = tmp_path / "ab-policy.json"
-    write_policy(path, Policy(PIPELINE, {"1": 1.0}))
+    write_policy(path, RolloutPolicy(PIPELINE, {"1": 1.0}))
     flags = ["--policy-file", str(path), "--replicas", ",".join(replicas["urls"].values())]
 
     assert rollout_cli.main([*flags, "promote", "3"]) == 1  # in no repository: never loadable
@@ -151,7 +144,7 @@ def test_the_rollout_cli_changes_the_policy_only_for_versions_served_everywhere(
     assert rollout_cli.main([*flags, "promote", "2"]) == 0
     assert PolicyFile(path).current().arms == {"2": 1.0}
     assert rollout_cli.main([*flags, "rollback", "1"]) == 0
-    assert PolicyFile(path).current() == Policy(PIPELINE, {"1": 1.0})
+    assert PolicyFile(path).current() == RolloutPolicy(PIPELINE, {"1": 1.0})
     capsys.readouterr()
     assert rollout_cli.main([*flags, "status"]) == 0
     out = capsys.readouterr().out

@@ -13,10 +13,10 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.serving.spec import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.stack import LocalStack
 from tests.conftest import default_version
 
 PIPELINE = "loops_instance"  # the bright-field default

@@ -16,9 +16,9 @@ import tritonclient.grpc as triton
 from loopstream.client.inference import pinned_version
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame, SimulatorSource
+from loopstream.core.simulator import SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.serving.versions import serve_versions
-from loopstream.simulator import SimulationConfig
-from loopstream.stack import LocalStack
 from loopstream.tracker.store import Store
 from loopstream.v1 import tracker_pb2 as pb
 from tests.conftest import differing_versions, infer_detections, write_versions

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.tracker.store import SCHEMA_VERSION, Store

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.v1 import tracker_pb2 as pb

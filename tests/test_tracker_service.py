@@ -18,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.engine import Defaults
 from loopstream.tracker.server import ServerConfig, serve

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.v1 import tracker_pb2 as pb

@@ -2,38 +2,30 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.tracker import synthetic
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev import synthetic
 from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.store import (
     AB_FRAME_COLUMNS,
-    DETECTION_COLUMNS,
     FRAME_COLUMNS,
     HOME_COLUMNS,
     MIGRATIONS,
     NEXT_TRACK_COLUMN,
     SCHEMA_VERSION,
     SESSION_COLUMNS,
+    STORED_DETECTION_COLUMNS,
     Store,
     StoreError,
 )
 from loopstream.tracker.validation import FrameInput
-from tests.conftest import schema_1_store
-
-
-@pytest.mark.parametrize("name", ["loopstream.tracker.statistics", "loopstream.tracker.validation"])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name))
-    assert result.attempted > 0 and result.failed == 0
+from tests.conftest import schema_1_store, stored_ab_frames
 
 
 def _frames(n_frames: int = 40, n_loops: int = 30, seed: int = 0) -> list[np.ndarray]:
@@ -123,7 +115,7 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
             "",
             0.0,
         )
-        frames = store.ab_frames("s1")
+        frames = stored_ab_frames(path, "s1")
         assert frames.frame_index.tolist() == [0] and frames[AB_FRAME_COLUMNS].isna().all(axis=None)
 
 
@@ -142,7 +134,7 @@ def _as_schema_2(source, target) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (2)")
     db.execute("ATTACH ? AS new", (str(source),))
-    v2_detections = [c for c in DETECTION_COLUMNS if c not in HOME_COLUMNS]
+    v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS]
     for table, columns in [
         ("sessions", ["sid", *SESSION_COLUMNS]),
         ("frames", ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS]),

@@ -10,12 +10,12 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from loopstream.client.shadow import agreement
-from loopstream.masks import decode_mask
+from loopstream.core.masks import decode_mask
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
+from loopstream.dev.stack import LocalStack
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.triton import REPOSITORY
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.stack import LocalStack
 from tests.conftest import CORE_MODEL, default_version
 
 PIPELINE = "loops_semantic"

@@ -16,6 +16,7 @@ import pytest
 import torch
 import tritonclient.grpc as triton
 
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models import export, export_instance
 from loopstream.models.architectures import build_model
 from loopstream.models.export_torchscript import export_torchscript
@@ -24,7 +25,6 @@ from loopstream.serving.core_models import OnnxModel, TorchScriptModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import add_version
 from loopstream.serving.triton import TritonOptions, TritonPorts, start_triton
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 
 FRAME = SimulatedMicroscope(SimulationConfig(shape=(448, 448)), seed=5).render(0)
 SEMANTIC = PipelineSpec(family="semantic", tile_px=256, overlap_px=32)

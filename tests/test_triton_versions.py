@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline
 from loopstream.serving.triton import TritonOptions, TritonPorts, start_triton
 from loopstream.serving.versions import ready_versions, serve_versions
-from loopstream.simulator import SimulatedMicroscope, SimulationConfig
 from tests.conftest import SEMANTIC_V1_ONNX, differing_versions, infer_detections, write_versions
 
 PIPELINE = "loops_semantic"
@@ -21,7 +21,7 @@ SPECS = differing_versions(min_area_px=300)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def triton_server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("versions")
     options = TritonOptions(
         repository=write_versions(root, SPECS),
@@ -41,8 +41,8 @@ def _infer(url: str, frame: np.ndarray, version: str) -> np.ndarray:
 FRAME = SimulatedMicroscope(SimulationConfig(shape=(512, 512)), seed=9).render(0)
 
 
-def test_each_version_answers_requests_addressed_to_it(server: TritonOptions) -> None:
-    url = f"127.0.0.1:{server.ports.grpc}"
+def test_each_version_answers_requests_addressed_to_it(triton_server: TritonOptions) -> None:
+    url = f"127.0.0.1:{triton_server.ports.grpc}"
     model = OnnxModel(SEMANTIC_V1_ONNX)
     answers = {v: _infer(url, FRAME, str(v)) for v in SPECS}
     for version, spec in SPECS.items():
@@ -53,8 +53,8 @@ def test_each_version_answers_requests_addressed_to_it(server: TritonOptions) ->
     assert len(latest) == len(answers[2]), "an unversioned request goes to the latest version"
 
 
-def test_a_version_unloads_and_reloads_while_the_other_keeps_serving(server: TritonOptions) -> None:
-    url = f"127.0.0.1:{server.ports.grpc}"
+def test_a_version_unloads_and_reloads_while_the_other_keeps_serving(triton_server: TritonOptions) -> None:
+    url = f"127.0.0.1:{triton_server.ports.grpc}"
     errors: list[str] = []
     served = 0
     stop = threading.Event()
@@ -91,11 +91,10 @@ def test_a_version_unloads_and_reloads_while_the_other_keeps_serving(server: Tri
     assert errors == [] and served > 0
 
 
-def test_metrics_are_labelled_per_version(server: TritonOptions) -> None:
-    _infer(f"127.0.0.1:{server.ports.grpc}", FRAME[:256, :256], "1")
-    _infer(f"127.0.0.1:{server.ports.grpc}", FRAME[:256, :256], "2")
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=5).read().decode()
-    )
+def test_metrics_are_labelled_per_version(triton_server: TritonOptions) -> None:
+    _infer(f"127.0.0.1:{triton_server.ports.grpc}", FRAME[:256, :256], "1")
+    _infer(f"127.0.0.1:{triton_server.ports.grpc}", FRAME[:256, :256], "2")
+    metrics_url = f"http://127.0.0.1:{triton_server.ports.metrics}/metrics"
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     for version in ("1", "2"):
         assert f'nv_inference_count{{model="{PIPELINE}",version="{version}"}}' in text

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import grpc
+import numpy as np
 import pandas as pd
 
+from loopstream.core.detections import LOOP_COLUMNS, encode_loops
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -24,7 +26,7 @@ def frame_message(
     model_name: str = "",
     model_version: str = "",
 ) -> pb.FrameDetections:
-    """FrameDetections from a DataFrame with the ``validation.LOOP_COLUMNS`` (extra columns ignored)."""
+    """FrameDetections from a DataFrame with the ``LOOP_COLUMNS`` (extra columns ignored)."""
     msg = pb.FrameDetections(
         session_id=session_id,
         frame_index=frame_index,
@@ -34,20 +36,7 @@ def frame_message(
         width_px=width_px,
         height_px=height_px,
     )
-    for r in loops.itertuples(index=False):
-        bbox = pb.BoundingBox(
-            x_px=r.bbox_x_px, y_px=r.bbox_y_px, width_px=r.bbox_width_px, height_px=r.bbox_height_px
-        )
-        msg.loops.add(
-            score=r.score,
-            x_px=r.x_px,
-            y_px=r.y_px,
-            major_px=r.major_px,
-            minor_px=r.minor_px,
-            angle_deg=r.angle_deg,
-            area_px=r.area_px,
-            bbox=bbox,
-        )
+    msg.loops.extend(encode_loops(loops[LOOP_COLUMNS].to_numpy(np.float32)))
     return msg
 
 

@@ -217,7 +217,7 @@ class TrackerEngine:
         return IngestResult(True, microscope_id=microscope)
 
     def _process(self, live: _Live, frame: FrameInput) -> tuple[dict, np.ndarray]:
-        """The frame's stored row (statistics included) and its detections (``DETECTION_COLUMNS``)."""
+        """The frame's stored row (statistics included) and its detections (store columns)."""
         spec, values = live.spec, _loop_values(frame.loops)
         ordinal = live.frames_stored
         x, y = values[:, LOOP_COLUMNS.index("x_px")], values[:, LOOP_COLUMNS.index("y_px")]

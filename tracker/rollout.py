@@ -11,7 +11,7 @@ measure agreement. A session's arm is drawn from its id alone, so a retried Open
 same answer; the tracker stores the arm with the session, so later policy changes (promote,
 rollback, new weights) only steer sessions opened after them.
 
->>> policy = Policy.from_json('{"pipeline": "loops_semantic", "arms": {"1": 0.9, "2": 0.1}}')
+>>> policy = RolloutPolicy.from_json('{"pipeline": "loops_semantic", "arms": {"1": 0.9, "2": 0.1}}')
 >>> assign_arm(policy, "session-42") in {"1", "2"}
 True
 >>> promote(policy, "2").arms
@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from loopstream.core.detections import shadows_frame, uniform
 
 log = logging.getLogger("loopstream.tracker.rollout")
 
@@ -46,7 +47,7 @@ class Shadow:
 
 
 @dataclass(frozen=True)
-class Policy:
+class RolloutPolicy:
     """A validated A/B policy; build it with the constructor or :meth:`from_json` (both validate)."""
 
     pipeline: str
@@ -75,7 +76,7 @@ class Policy:
                 raise ValueError(f"shadow fraction is {fraction!r}: it must be in (0, 1]")
 
     @classmethod
-    def from_dict(cls, doc: Any) -> Policy:
+    def from_dict(cls, doc: Any) -> RolloutPolicy:
         """Parse a decoded policy document; unknown keys are errors (a typo must not pass silently)."""
         if not isinstance(doc, dict):
             raise ValueError(f"a policy is a JSON object, not {type(doc).__name__}")
@@ -88,7 +89,7 @@ class Policy:
         return cls(doc.get("pipeline"), doc.get("arms"), shadow)
 
     @classmethod
-    def from_json(cls, text: str) -> Policy:
+    def from_json(cls, text: str) -> RolloutPolicy:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -139,16 +140,7 @@ class Assignment:
     shadow_fraction: float = 0.0
 
 
-def uniform(key: str) -> float:
-    """A stable draw in [0, 1) from a string, the same on every host and Python run.
-
-    >>> uniform("abc") == uniform("abc") and 0 <= uniform("abc") < 1
-    True
-    """
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
-
-
-def assign_arm(policy: Policy, session_id: str) -> str:
+def assign_arm(policy: RolloutPolicy, session_id: str) -> str:
     """The version a new session gets: its id's draw placed on the cumulative weights."""
     u = uniform(session_id)
     cumulative = 0.0
@@ -159,15 +151,7 @@ def assign_arm(policy: Policy, session_id: str) -> str:
     return next(v for v in reversed(policy.arms) if policy.arms[v] > 0)  # rounding left u above the sum
 
 
-def shadows_frame(session_id: str, frame_index: int, fraction: float) -> bool:
-    """Whether this frame also goes to the shadow candidate: stable per (session, frame).
-
-    Independent of the arm draw (another key), so shadowed frames are a fair sample of all.
-    """
-    return uniform(f"shadow/{session_id}/{frame_index}") < fraction
-
-
-def assign(policy: Policy, session_id: str) -> Assignment:
+def assign(policy: RolloutPolicy, session_id: str) -> Assignment:
     """A new session's arm, and the shadow unless the session is itself on the candidate."""
     arm = assign_arm(policy, session_id)
     shadow = policy.shadow
@@ -176,7 +160,7 @@ def assign(policy: Policy, session_id: str) -> Assignment:
     return Assignment(policy.pipeline, arm, shadow.version, float(shadow.fraction))
 
 
-def shadow_version(policy: Policy, session_arm: str, session_id: str, frame_index: int) -> str | None:
+def shadow_version(policy: RolloutPolicy, session_arm: str, session_id: str, frame_index: int) -> str | None:
     """The candidate version this frame must also go to, or None.
 
     A session already on the candidate has nothing to compare with, so it never shadows.
@@ -187,19 +171,19 @@ def shadow_version(policy: Policy, session_arm: str, session_id: str, frame_inde
     return shadow.version if shadows_frame(session_id, frame_index, shadow.fraction) else None
 
 
-def with_weights(policy: Policy, arms: dict[str, float]) -> Policy:
+def with_weights(policy: RolloutPolicy, arms: dict[str, float]) -> RolloutPolicy:
     """The policy with new arm weights (validated); the shadow stays unless its version now takes all."""
-    return Policy(policy.pipeline, arms, _shadow_unless_sole(policy.shadow, arms))
+    return RolloutPolicy(policy.pipeline, arms, _shadow_unless_sole(policy.shadow, arms))
 
 
-def promote(policy: Policy, version: str) -> Policy:
+def promote(policy: RolloutPolicy, version: str) -> RolloutPolicy:
     """Every new session on ``version``; a shadow of that same version has nothing left to compare."""
     return with_weights(policy, {version: 1.0})
 
 
-def rollback(policy: Policy, to_version: str) -> Policy:
+def rollback(policy: RolloutPolicy, to_version: str) -> RolloutPolicy:
     """Every new session back on ``to_version``, and no shadow: the candidate stops costing compute."""
-    return Policy(policy.pipeline, {to_version: 1.0})
+    return RolloutPolicy(policy.pipeline, {to_version: 1.0})
 
 
 def _shadow_unless_sole(shadow: Shadow | None, arms: dict[str, float]) -> Shadow | None:
@@ -221,7 +205,7 @@ class PolicyFile:
         self.path = Path(path)
         self._lock = threading.Lock()
         stamp = self._stamp()
-        self._policy = Policy.from_json(self.path.read_text())  # a bad file at start-up is fatal
+        self._policy = RolloutPolicy.from_json(self.path.read_text())  # a bad file at start-up is fatal
         self._seen = stamp
         self.loaded_at_unix_s = time.time()  # when the policy in force was read
 
@@ -229,14 +213,14 @@ class PolicyFile:
         st = os.stat(self.path)  # follows symlinks: the file the link points at now
         return os.path.realpath(self.path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
-    def current(self) -> Policy:
+    def current(self) -> RolloutPolicy:
         """The policy in force: the file's, if it changed and is valid, else the last valid one."""
         with self._lock:
             try:
                 stamp = self._stamp()
                 if stamp != self._seen:
                     self._seen = stamp  # a bad file is reported once, not on every call
-                    policy = Policy.from_json(self.path.read_text())
+                    policy = RolloutPolicy.from_json(self.path.read_text())
                     if policy != self._policy:
                         log.info("A/B policy reloaded from %s: %s", self.path, policy.to_dict())
                         self.loaded_at_unix_s = time.time()
@@ -250,7 +234,7 @@ class PolicyFile:
         return assign(self.current(), session_id)
 
 
-def write_policy(path: Path | str, policy: Policy) -> None:
+def write_policy(path: Path | str, policy: RolloutPolicy) -> None:
     """Replace the policy file atomically, so a reader never sees half a file."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")

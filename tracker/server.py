@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from loopstream.tracker.auth import BearerTokenInterceptor
 from loopstream.tracker.engine import Defaults, TrackerEngine
-from loopstream.tracker.metrics import TrackerMetrics
+from loopstream.tracker.prometheus import TrackerMetrics
 from loopstream.tracker.rollout import PolicyFile
 from loopstream.tracker.service import TrackerService
 from loopstream.tracker.store import Store

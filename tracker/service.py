@@ -6,26 +6,22 @@ import functools
 import inspect
 import logging
 import math
-import operator
 import time
 from collections.abc import Callable, Iterator
 
 import grpc
-import numpy as np
 import pandas as pd
 
+from loopstream.core.detections import LOOP_COLUMNS, decode_loops
 from loopstream.tracker import export
 from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
 from loopstream.tracker.rollout import PolicyFile
-from loopstream.tracker.validation import LOOP_COLUMNS, FrameInput, ShadowInput
+from loopstream.tracker.validation import FrameInput, ShadowInput
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
 WATCH_POLL_S = 1.0  # how often a live watch re-checks that its client is still there
 log = logging.getLogger("loopstream.tracker")
-# One Loop message as a tuple in LOOP_COLUMNS order (one C call per loop: the hot path of ingest);
-# the columns are the message's fields, bbox_* those of its nested BoundingBox.
-_LOOP_VALUES = operator.attrgetter(*(c.replace("bbox_", "bbox.", 1) for c in LOOP_COLUMNS))
 
 
 def _session_message(s: dict) -> pb.Session:
@@ -57,7 +53,6 @@ def _session_message(s: dict) -> pb.Session:
 
 def frame_input(msg: pb.FrameDetections) -> FrameInput:
     """The domain view of one FrameDetections message."""
-    values = np.array(list(map(_LOOP_VALUES, msg.loops)), dtype=float).reshape(-1, len(LOOP_COLUMNS))
     return FrameInput(
         session_id=msg.session_id,
         frame_index=msg.frame_index,
@@ -66,7 +61,7 @@ def frame_input(msg: pb.FrameDetections) -> FrameInput:
         model_version=msg.model_version,
         width_px=msg.width_px,
         height_px=msg.height_px,
-        loops=pd.DataFrame(values, columns=LOOP_COLUMNS),
+        loops=pd.DataFrame(decode_loops(msg.loops), columns=LOOP_COLUMNS),
         latency_s=msg.latency_s,
         shadow=_shadow_input(msg.shadow) if msg.HasField("shadow") else None,
     )

@@ -38,7 +38,7 @@ _V1_DETECTION_COLUMNS = [
 # the mean of their drift-corrected positions (px), the loop's position on the sample. A restarted
 # tracker rebuilds the drift state from each live track's latest detection.
 HOME_COLUMNS = ["track_detections", "home_x_px", "home_y_px"]
-DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS]
+STORED_DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS]
 
 FRAME_COLUMNS = [
     "frame_index",
@@ -190,8 +190,9 @@ _ROWS_PER_INSERT = 1000  # x 22 parameters, under SQLite's limit of 32,766
 
 @functools.lru_cache(maxsize=64)
 def _insert_detections_sql(n_rows: int) -> str:
-    row = f"({', '.join('?' for _ in range(len(DETECTION_COLUMNS) + 1))})"
-    return f"INSERT INTO detections (sid, {', '.join(DETECTION_COLUMNS)}) VALUES {', '.join([row] * n_rows)}"
+    row = f"({', '.join('?' for _ in range(len(STORED_DETECTION_COLUMNS) + 1))})"
+    columns = ", ".join(STORED_DETECTION_COLUMNS)
+    return f"INSERT INTO detections (sid, {columns}) VALUES {', '.join([row] * n_rows)}"
 
 
 class StoreError(RuntimeError):
@@ -334,7 +335,7 @@ class Store:
         )
 
     def commit_frame(self, session_id: str, frame: dict, detections: np.ndarray) -> bool:
-        """Store one frame and its detections (rows of ``DETECTION_COLUMNS``) atomically.
+        """Store one frame and its detections (rows of ``STORED_DETECTION_COLUMNS``) atomically.
 
         ``AB_FRAME_COLUMNS`` missing from ``frame`` are stored as NULL.
         Returns False, storing nothing, if the frame was already stored.
@@ -399,7 +400,7 @@ class Store:
             clauses.append("frame_index <= ?")
             args.append(to_frame)
         df = self._query(
-            f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections WHERE sid = "
+            f"SELECT {', '.join(STORED_DETECTION_COLUMNS)} FROM detections WHERE sid = "
             f"{_SID} AND {' AND '.join(clauses)} "
             "ORDER BY frame_index, loop_index",
             tuple(args),
@@ -407,14 +408,6 @@ class Store:
         for c in ("frame_index", "loop_index", "track_id", "track_detections"):
             df[c] = df[c].astype("int64")
         return df
-
-    def ab_frames(self, session_id: str) -> pd.DataFrame:
-        """Each stored frame's arm, latency and shadow agreement, by frame index."""
-        return self._query(
-            f"SELECT frame_index, model_version, {', '.join(AB_FRAME_COLUMNS)} FROM frames "
-            f"WHERE sid = {_SID} ORDER BY frame_index",
-            (session_id,),
-        ).astype({"frame_index": "int64"})
 
     def arm_frames(self, pipeline: str = "", since_unix_s: float = 0.0) -> pd.DataFrame:
         """Sessions opened since ``since_unix_s`` (of ``pipeline``, "" = any) with their frames.

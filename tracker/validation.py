@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from loopstream.instances import DETECTION_COLUMNS
+from loopstream.core.detections import LOOP_COLUMNS
 
-LOOP_COLUMNS = DETECTION_COLUMNS  # what Triton returns per loop, in its order
 _NON_NEGATIVE = ["major_px", "minor_px", "area_px", "bbox_width_px", "bbox_height_px"]
 
 

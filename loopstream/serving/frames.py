@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from loopstream.imaging import Tile, cut_tiles, standardise, tile_grid
+from loopstream.core.imaging import Tile, cut_tiles, standardise, tile_grid
 
 MIN_SIDE_PX = 32
 MAX_SIDE_PX = 4096

@@ -3,7 +3,7 @@
 Both families cut the standardised frame into tiles, send them to their core network, and merge
 the answers: the semantic family stitches probability maps and splits instances by watershed
 (``loopstream.serving.semantic``); the instance family pastes per-tile instance masks and removes
-duplicates across the frame (``loopstream.serving.instance``). A request may state the frame's
+duplicates across the frame (``loopstream.serving.instance_merge``). A request may state the frame's
 pixel size (nm/px): the frame is then resampled to the pixel size the network was trained at
 (``PipelineSpec.pixel_nm``) before tiling, and the loops are mapped back to frame px, so a binned
 camera sees the same loops in nm. Triton's glue
@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from loopstream.masks import MaskCrop
-from loopstream.serving import instance, semantic
+from loopstream.core.masks import MaskCrop
+from loopstream.serving import instance_merge, semantic
 from loopstream.serving.core_models import CORE_TENSORS, CoreTensors
 from loopstream.serving.frames import PreparedFrame, prepare_frame
 from loopstream.serving.spec import PipelineSpec
@@ -71,27 +71,27 @@ class Pipeline:
     def finish(
         self, outputs: list[dict[str, np.ndarray]], prepared: PreparedFrame, with_masks: bool = False
     ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-        """Detections (``loopstream.instances.DETECTION_COLUMNS``, frame px) from the core answers
+        """Detections (``loopstream.core.detections.LOOP_COLUMNS``, frame px) from the core answers
         (in request order), and, when asked, each loop's mask within its box, row for row."""
         if self.spec.family == "semantic":
             logits = np.concatenate([o[self.tensors.outputs[0]] for o in outputs])
             detections, masks = semantic.finish_frame(logits, prepared, self.spec, with_masks)
         else:
             tiles = [tile for o in outputs for tile in self._tile_detections(o)]
-            loops = instance.frame_instances(tiles, prepared, self.spec)
+            loops = instance_merge.frame_instances(tiles, prepared, self.spec)
             masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
-            detections = instance.detections_from_instances(loops)
+            detections = instance_merge.detections_from_instances(loops)
         if prepared.scale == 1.0:
             return detections, masks
         return to_frame_px(detections, prepared.scale), [to_frame_mask(m, prepared) for m in masks]
 
-    def _tile_detections(self, output: dict[str, np.ndarray]) -> list[instance.TileDetections]:
+    def _tile_detections(self, output: dict[str, np.ndarray]) -> list[instance_merge.TileDetections]:
         """The detections of each tile of one instance core answer."""
         if self.spec.core_format == "onnx":
-            return [instance.TileDetections.from_outputs(output)]
+            return [instance_merge.TileDetections.from_outputs(output)]
         boxes, scores, masks, counts = (output[name] for name in self.tensors.outputs)
         return [
-            instance.TileDetections(boxes[i, :k], scores[i, :k], masks[i, :k])
+            instance_merge.TileDetections(boxes[i, :k], scores[i, :k], masks[i, :k])
             for i, k in enumerate(counts.reshape(-1).tolist())
         ]
 

@@ -66,7 +66,7 @@ def pipeline_config(name: str, versions: list[int]) -> mc.ModelConfig:
     config.input.add(name="FRAME_U16", data_type=mc.TYPE_UINT16, dims=[-1, -1], optional=True)
     # Per loop: score, x, y, major, minor, angle_deg, area, bbox x, y, width, height (px).
     config.output.add(name="DETECTIONS", data_type=mc.TYPE_FP32, dims=[-1, 11])
-    # Only when requested: per loop, its mask in its bbox as COCO RLE JSON (loopstream.masks).
+    # Only when requested: per loop, its mask in its bbox as COCO RLE JSON (loopstream.core.masks).
     config.output.add(name="MASKS_RLE", data_type=mc.TYPE_STRING, dims=[-1])
     # Four instances: frames of up to four microscopes are tiled and post-processed at once, so
     # their tiles meet in the core model's queue and are batched together.

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from loopstream.imaging import stitch
-from loopstream.instances import detections_from_labels, labels_from_probability, mask_crops
-from loopstream.masks import MaskCrop
+from loopstream.core.ellipses import detections_from_labels, labels_from_probability, mask_crops
+from loopstream.core.imaging import stitch
+from loopstream.core.masks import MaskCrop
 from loopstream.serving.frames import PreparedFrame
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 def finish_frame(
     logits: np.ndarray, prepared: PreparedFrame, config: PipelineSpec, with_masks: bool = False
 ) -> tuple[pd.DataFrame, list[MaskCrop]]:
-    """Detections (``loopstream.instances.DETECTION_COLUMNS``) and, when asked, their masks."""
+    """Detections (``loopstream.core.detections.LOOP_COLUMNS``) and, when asked, their masks."""
     probability = 1.0 / (1.0 + np.exp(-stitch(logits, prepared.tiles, prepared.shape)))
     labels = labels_from_probability(
         probability[0], probability[1], threshold=config.threshold, min_area_px=config.min_area_px

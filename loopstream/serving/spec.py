@@ -2,7 +2,7 @@
 
 Every setting of the post-processing lives here under one name, read once when the version is
 loaded (Triton's glue, evaluation, benchmarks and tests alike), and handed as it is to the
-family's merge code (``loopstream.serving.semantic`` / ``loopstream.serving.instance``).
+family's merge code (``loopstream.serving.semantic`` / ``loopstream.serving.instance_merge``).
 
 Examples
 --------

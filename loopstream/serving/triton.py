@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loopstream.processes import ServiceProcess, free_port
+from loopstream.serving.processes import ServiceProcess, free_port
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 

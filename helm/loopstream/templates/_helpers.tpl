@@ -113,6 +113,6 @@ Custom-metric PromQL, shared by the prometheus-adapter rules. Queue time per
 request = rate(total queue time) / rate(successful requests); clamp_min keeps
 an idle pod at 0 instead of NaN.
 */}}
-{{- define "loopstream.metrics.modelMatcher" -}}
+{{- define "loopstream.core.measures.modelMatcher" -}}
 model=~"{{ .Values.prometheusAdapter.rules.modelRegex }}"
 {{- end }}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from loopstream.masks import encode_mask
+from loopstream.core.masks import encode_mask
 from loopstream.serving.frames import FrameError, select_frame
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 

@@ -22,25 +22,12 @@ import pandas as pd
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from loopstream.masks import MaskCrop
-
-DETECTION_COLUMNS = [
-    "score",
-    "x_px",
-    "y_px",
-    "major_px",
-    "minor_px",
-    "angle_deg",
-    "area_px",
-    "bbox_x_px",
-    "bbox_y_px",
-    "bbox_width_px",
-    "bbox_height_px",
-]
+from loopstream.core.detections import LOOP_COLUMNS
+from loopstream.core.masks import MaskCrop
 
 
 def empty_detections() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=np.float32) for c in DETECTION_COLUMNS})
+    return pd.DataFrame({c: pd.Series(dtype=np.float32) for c in LOOP_COLUMNS})
 
 
 def labels_from_probability(
@@ -108,7 +95,7 @@ def detections_from_labels(labels: np.ndarray, score_map: np.ndarray | None = No
         )
     if not rows:
         return empty_detections()
-    return pd.DataFrame(rows, columns=DETECTION_COLUMNS).astype(np.float32)
+    return pd.DataFrame(rows, columns=LOOP_COLUMNS).astype(np.float32)
 
 
 def mask_crops(labels: np.ndarray) -> list[MaskCrop]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loopstream.processes import ServiceProcess
+from loopstream.serving.processes import ServiceProcess
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 
 
@@ -36,10 +36,6 @@ class LocalStack:
     @property
     def triton_url(self) -> str:
         return f"127.0.0.1:{self.triton_ports.grpc}"
-
-    @property
-    def triton_metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.triton_ports.metrics}/metrics"
 
     @property
     def tracker_url(self) -> str:

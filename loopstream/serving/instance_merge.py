@@ -1,15 +1,15 @@
 """The instance-segmentation (Mask R-CNN) pipeline: frame in, loop detections out.
 
 Like ``loopstream.serving.semantic`` it is split around the core model call: ``prepare_frame``
-standardises the whole frame (``loopstream.imaging.standardise``) and cuts 512 px tiles with
+standardises the whole frame (``loopstream.core.imaging.standardise``) and cuts 512 px tiles with
 64 px overlap; the core model (``loopstream.models.maskrcnn.SingleImageExport``, one tile per
 call) returns per tile ``boxes`` [K, 4] (tile px), ``scores`` [K] and ``mask_probs`` [K, 28, 28];
-``frame_detections`` merges them into one table with ``loopstream.instances.DETECTION_COLUMNS``.
+``frame_detections`` merges them into one table with ``loopstream.core.detections.LOOP_COLUMNS``.
 
 Merging, so that a loop is found once and whole:
 
 1. A tile keeps only the detections whose box centre lies in the part of the frame it owns
-   (split at the middle of each overlap, the seams of ``loopstream.imaging.stitch``). A loop cut
+   (split at the middle of each overlap, the seams of ``loopstream.core.imaging.stitch``). A loop cut
    by a tile edge is seen whole by the neighbour that owns its centre; the cut copy's box centre
    sits on the far side of the seam for any loop up to the overlap (64 px) across.
 2. Greedy mask-IoU NMS over the whole frame after the tiles are merged (highest score first,
@@ -21,7 +21,7 @@ Merging, so that a loop is found once and whole:
 Masks are pasted detectron2's way (``paste_mask``): bilinear sampling of the 28 x 28
 probabilities at pixel centres inside the box (``grid_sample``, ``align_corners=False``, zero
 outside), within the box grown by 1 px, then ``>= 0.5``. Each instance's ellipse is
-``loopstream.instances.ellipse_of_contour`` of its largest outer contour. Every threshold
+``loopstream.core.ellipses.ellipse_of_contour`` of its largest outer contour. Every threshold
 (score, mask, NMS IoU, minimum area) is the version's ``PipelineSpec`` (``pipeline.json``).
 
 Examples
@@ -52,8 +52,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from loopstream.imaging import Tile
-from loopstream.instances import DETECTION_COLUMNS, ellipse_of_contour, empty_detections
+from loopstream.core.detections import LOOP_COLUMNS
+from loopstream.core.ellipses import ellipse_of_contour, empty_detections
+from loopstream.core.imaging import Tile
 from loopstream.serving.frames import PreparedFrame
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def frame_instances(
 
 
 def detections_from_instances(instances: Sequence[Instance]) -> pd.DataFrame:
-    """One ``DETECTION_COLUMNS`` row per instance: ellipse of its largest outer contour, mask
+    """One ``LOOP_COLUMNS`` row per instance: ellipse of its largest outer contour, mask
     area and tight bbox (px), box score."""
     rows = []
     for inst in instances:
@@ -214,7 +215,7 @@ def detections_from_instances(instances: Sequence[Instance]) -> pd.DataFrame:
         rows.append((inst.score, x + inst.x0, y + inst.y0, major, minor, angle, area, inst.x0, inst.y0, w, h))
     if not rows:
         return empty_detections()
-    return pd.DataFrame(rows, columns=DETECTION_COLUMNS).astype(np.float32)
+    return pd.DataFrame(rows, columns=LOOP_COLUMNS).astype(np.float32)
 
 
 def label_instances(instances: Sequence[Instance], shape: tuple[int, int]) -> np.ndarray:
@@ -230,5 +231,5 @@ def label_instances(instances: Sequence[Instance], shape: tuple[int, int]) -> np
 def frame_detections(
     tile_outputs: Sequence[TileDetections], prepared: PreparedFrame, config: PipelineSpec
 ) -> pd.DataFrame:
-    """Detections (``loopstream.instances.DETECTION_COLUMNS``) of a frame from its tiles' outputs."""
+    """Detections (``loopstream.core.detections.LOOP_COLUMNS``) of a frame from its tiles' outputs."""
     return detections_from_instances(frame_instances(tile_outputs, prepared, config))

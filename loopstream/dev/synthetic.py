@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from loopstream.simulator import SimulatedMicroscope
+from loopstream.core.simulator import SimulatedMicroscope
 from loopstream.tracker.validation import LOOP_COLUMNS
 
 

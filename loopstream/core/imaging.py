@@ -2,8 +2,8 @@
 
 Camera counts have no fixed scale (8-bit PNGs, 16-bit detectors, changing exposure), so every
 frame is standardised on its own statistics before it meets a model, in training and serving
-alike. Large frames are cut into overlapping square tiles; each loop is then kept by the tile in
-whose central ("owned") region its centre lies, so a loop on a tile border is found once, whole.
+alike. Large frames are cut into overlapping square tiles; per-pixel maps are stitched back
+here, while instance tiles are merged by owned regions in ``loopstream.serving.instance_merge``.
 
 Examples
 --------

@@ -1,6 +1,6 @@
 """``loopstream-rollout``: try a pipeline version on part of the sessions, then promote or roll back.
 
-Policy commands rewrite the A/B policy file the tracker reloads (``--policy-file``; in a cluster,
+RolloutPolicy commands rewrite the A/B policy file the tracker reloads (``--policy-file``; in a cluster,
 the file mounted from the ConfigMap). A version enters the policy only once every Triton replica
 serves it (``load`` first), so no session is ever assigned a version its replica lacks.
 ``status`` and ``compare`` ask the tracker (``--tracker``) what it has loaded and measured.
@@ -27,7 +27,7 @@ import grpc
 import pandas as pd
 from tritonclient.utils import InferenceServerException
 
-from loopstream.pool import (
+from loopstream.ops.pool import (
     PoolError,
     discover_replicas,
     load_everywhere,
@@ -37,8 +37,8 @@ from loopstream.pool import (
 )
 from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.rollout import (
-    Policy,
     PolicyFile,
+    RolloutPolicy,
     Shadow,
     promote,
     rollback,
@@ -162,17 +162,17 @@ def _policy_file(args: argparse.Namespace) -> Path:
     return args.policy_file
 
 
-def _new_policy(args: argparse.Namespace, policy: Policy) -> Policy:
+def _new_policy(args: argparse.Namespace, policy: RolloutPolicy) -> RolloutPolicy:
     if args.command == "promote":
         return promote(policy, str(args.version))
     if args.command == "rollback":
         return rollback(policy, str(args.version))
     new = with_weights(policy, _pairs(args.weights))
     if args.shadow == "off":
-        return Policy(new.pipeline, new.arms)
+        return RolloutPolicy(new.pipeline, new.arms)
     if args.shadow:
         ((version, fraction),) = _pairs([args.shadow]).items()
-        return Policy(new.pipeline, new.arms, Shadow(version, fraction))
+        return RolloutPolicy(new.pipeline, new.arms, Shadow(version, fraction))
     return new
 
 
@@ -201,7 +201,7 @@ def _tracker(args: argparse.Namespace) -> TrackerClient:
     return TrackerClient(args.tracker, args.token)
 
 
-def _loaded_policy(args: argparse.Namespace) -> tuple[Policy | None, float]:
+def _loaded_policy(args: argparse.Namespace) -> tuple[RolloutPolicy | None, float]:
     """The policy the tracker has loaded (None when it runs without one), and when it loaded it."""
     client = _tracker(args)
     try:
@@ -210,10 +210,10 @@ def _loaded_policy(args: argparse.Namespace) -> tuple[Policy | None, float]:
         raise ConnectionError(f"tracker at {args.tracker}: {exc.details()}") from exc
     finally:
         client.close()
-    return (Policy.from_json(reply.policy_json) if reply.policy_json else None), reply.loaded_at_unix_s
+    return (RolloutPolicy.from_json(reply.policy_json) if reply.policy_json else None), reply.loaded_at_unix_s
 
 
-def _print_policy(policy: Policy) -> None:
+def _print_policy(policy: RolloutPolicy) -> None:
     print(f"pipeline {policy.pipeline}, control arm {policy.control}")
     for version, weight in policy.arms.items():
         print(f"  arm {version}: {100 * weight:.1f} % of new sessions")
