@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from loopstream.client.reconnecting import POLL_S, ReconnectingStream
 from loopstream.client.shared_memory import SharedMemorySlots
 from loopstream.client.sources import Frame
-from loopstream.serving.versions import ready_versions
+from loopstream.serving.versions import ready_versions_open
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def pinned_version(url: str, model_name: str, requested: str = "", timeout_s: fl
     while True:
         try:
             with triton.InferenceServerClient(url) as client:
-                versions = ready_versions(client, model_name)
+                versions = ready_versions_open(client, model_name)
             if versions:
                 return str(versions[-1])
             problem = f"no version of {model_name} is ready"

@@ -26,6 +26,7 @@ kv = pytest.importorskip(
 )
 from helm_python import _native  # noqa: E402  (after the importorskip guard)
 
+from loopstream.serving.admin import AdminHeader  # noqa: E402
 from loopstream.tracker.rollout import RolloutPolicy, Shadow  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "loopstream"
@@ -529,6 +530,76 @@ def test_rbac_reads_only_endpointslices_and_the_ab_configmap(chart):
 # --------------------------------------------------------- network policy
 
 
+def _env_from_secret(c: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A container's environment as the kubelet sets it, Secret references resolved."""
+    env = {}
+    for var in c.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            env[var["name"]] = secrets[ref["name"]][ref["key"]]
+        elif "value" in var:
+            env[var["name"]] = var["value"]
+    return env
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of container args."""
+    for name, value in env.items():
+        arg = arg.replace(f"$({name})", value)
+    return arg
+
+
+def _secrets(objs) -> dict[str, dict[str, str]]:
+    import base64
+
+    return {
+        o["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in o.get("data", {}).items()}
+        for o in find(objs, "Secret")
+    }
+
+
+def test_triton_admin_apis_need_the_header_from_the_secret_that_rollout_sends(chart):
+    objs = objects(render(chart))
+    secrets = _secrets(objs)
+    admin = secrets[f"{PREFIX}-triton-admin"]
+    header = AdminHeader(admin["key"], admin["value"])  # the chart's random value is a valid one
+    assert header.key == "loopstream-admin"
+    c = container(triton(objs), "tritonserver")
+    args = [_expand(a, _env_from_secret(c, secrets)) for a in c["args"]]
+    apis = ("model-repository", "model-config", "shared-memory", "trace", "logging")
+    assert [a for a in args if "restricted" in a] == header.server_args(apis)
+    assert header.value not in json.dumps(c["args"]), "the value comes from the Secret, not the manifest"
+    # loopstream-rollout runs in the tracker pod and reads the same Secret.
+    rollout_env = _env_from_secret(container(tracker(objs), "tracker"), secrets)
+    assert rollout_env["LOOPSTREAM_TRITON_ADMIN_HEADER_KEY"] == header.key
+    assert rollout_env["LOOPSTREAM_TRITON_ADMIN_HEADER_VALUE"] == header.value
+    readers = [
+        o["metadata"]["name"]
+        for o in objs
+        if f"{PREFIX}-triton-admin" in json.dumps(o) and o["kind"] != "Secret"
+    ]
+    assert sorted(readers) == [f"{PREFIX}-tracker", f"{PREFIX}-triton"], "no other pod may hold the header"
+
+
+def test_triton_admin_header_from_an_existing_secret_or_off(chart):
+    objs = objects(
+        render(chart, {"triton": {"admin": {"existingSecret": "pool-admin", "apis": ["logging"]}}})
+    )
+    assert f"{PREFIX}-triton-admin" not in _secrets(objs)
+    c = container(triton(objs), "tritonserver")
+    refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in c["env"] if "valueFrom" in v}
+    assert refs == {"pool-admin"}
+    assert (
+        "--grpc-restricted-protocol=logging:$(TRITON_ADMIN_HEADER_KEY)=$(TRITON_ADMIN_HEADER_VALUE)"
+        in c["args"]
+    )
+
+    objs = objects(render(chart, {"triton": {"admin": {"enabled": False}}}))
+    assert f"{PREFIX}-triton-admin" not in _secrets(objs)
+    assert not [a for a in container(triton(objs), "tritonserver")["args"] if "restricted" in a]
+    assert "LOOPSTREAM_TRITON_ADMIN_HEADER_KEY" not in json.dumps(tracker(objs))
+
+
 def _rules_for_port(policy: dict[str, Any], port: str) -> list[dict[str, Any]]:
     return [r for r in policy["spec"]["ingress"] if any(p["port"] == port for p in r.get("ports", []))]
 
@@ -656,6 +727,10 @@ def test_notes_tell_how_to_reach_the_pool(chart):
         {"tracker": {"abPolicy": {"shadow": {"version": "2", "fraction": 0}}}},
         {"tracker": {"abPolicy": {"shadow": {"version": "2"}}}},
         {"networkPolicy": {"clientPodSelector": {"matchLabel": {"a": "b"}}}},
+        {"triton": {"admin": {"headerKey": "Admin Key"}}},  # not a gRPC metadata key
+        {"triton": {"admin": {"headerKey": "grpc-admin"}}},  # reserved by gRPC
+        {"triton": {"admin": {"apis": ["model-repo"]}}},  # no such Triton API group
+        {"triton": {"admin": {"apis": []}}},
         {"monitoring": {"serviceMonitor": {"interval": "often"}}},
         {"unknown": True},
     ],

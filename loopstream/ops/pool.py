@@ -3,7 +3,8 @@
 Locally the replicas are a static list of ``host:port``; in a cluster they are the ready
 endpoints of the Triton headless Service, read from its EndpointSlices through the Kubernetes API.
 A version joins an A/B policy only after :func:`load_everywhere` has it READY on every replica:
-a session assigned to it must find it whichever replica its stream lands on.
+a session assigned to it must find it whichever replica its stream lands on. Where the pool
+restricts its admin APIs (``loopstream.serving.admin``), every call here carries the admin header.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from tritonclient.utils import InferenceServerException
 
+from loopstream.serving.admin import AdminHeader, SendAdminHeader
 from loopstream.serving.versions import ready_versions, serve_versions
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -89,14 +91,22 @@ def discover_replicas(service: str, namespace: str, port_name: str = "grpc") -> 
     return replicas
 
 
-def served_versions(replica: str, pipeline: str) -> list[int]:
+def admin_client(replica: str, admin: AdminHeader | None) -> triton.InferenceServerClient:
+    """A gRPC client of one replica that sends the admin header (if any) on every call."""
+    client = triton.InferenceServerClient(replica)
+    if admin is not None:
+        client.register_plugin(SendAdminHeader(admin, "grpc"))
+    return client
+
+
+def served_versions(replica: str, pipeline: str, admin: AdminHeader | None = None) -> list[int]:
     """Versions of ``pipeline`` READY on one replica."""
-    with triton.InferenceServerClient(replica) as client:
+    with admin_client(replica, admin) as client:
         return ready_versions(client, pipeline)
 
 
-def _add_version(replica: str, pipeline: str, version: int) -> None:
-    with triton.InferenceServerClient(replica) as client:
+def _add_version(replica: str, pipeline: str, version: int, admin: AdminHeader | None) -> None:
+    with admin_client(replica, admin) as client:
         serve_versions(client, pipeline, sorted({*ready_versions(client, pipeline), version}))
         for model in (pipeline, f"{pipeline}_core"):  # the pipeline calls its core at the same version
             if version not in ready_versions(client, model):
@@ -119,7 +129,9 @@ def _on_every_replica(replicas: list[str], task: Callable[[str], T]) -> tuple[di
     return results, failures
 
 
-def load_everywhere(replicas: list[str], pipeline: str, version: int) -> None:
+def load_everywhere(
+    replicas: list[str], pipeline: str, version: int, admin: AdminHeader | None = None
+) -> None:
     """Add ``version`` of ``pipeline`` on every replica, keeping the versions each already serves.
 
     Returns only once every replica reports it READY. Otherwise raises PoolError naming the
@@ -129,16 +141,18 @@ def load_everywhere(replicas: list[str], pipeline: str, version: int) -> None:
     action = f"loading {pipeline} version {version}"
     if not replicas:
         raise PoolError(action, {"(pool)": "no replicas given"})
-    _, failures = _on_every_replica(replicas, lambda replica: _add_version(replica, pipeline, version))
+    _, failures = _on_every_replica(replicas, lambda replica: _add_version(replica, pipeline, version, admin))
     if failures:
         raise PoolError(action, failures)
 
 
-def missing_everywhere(replicas: list[str], pipeline: str, versions: list[int]) -> dict[str, str]:
+def missing_everywhere(
+    replicas: list[str], pipeline: str, versions: list[int], admin: AdminHeader | None = None
+) -> dict[str, str]:
     """Replicas that lack any of ``versions`` READY, each with why: the guard before a policy change."""
     if not replicas:
         return {"(pool)": "no replicas given"}
-    served, failures = _on_every_replica(replicas, lambda replica: served_versions(replica, pipeline))
+    served, failures = _on_every_replica(replicas, lambda replica: served_versions(replica, pipeline, admin))
     lacking = {r: sorted(set(versions) - set(v)) for r, v in served.items()}
     missing = {r: f"serves versions {served[r]}, lacks {lack}" for r, lack in lacking.items() if lack}
     return {**failures, **missing}

@@ -5,7 +5,9 @@ the file mounted from the ConfigMap). A version enters the policy only once ever
 serves it (``load`` first), so no session is ever assigned a version its replica lacks.
 ``status`` and ``compare`` ask the tracker (``--tracker``) what it has loaded and measured.
 Every flag has an environment variable (LOOPSTREAM_<FLAG>; the tracker's are
-LOOPSTREAM_TRACKER_URL and LOOPSTREAM_TRACKER_TOKEN).
+LOOPSTREAM_TRACKER_URL and LOOPSTREAM_TRACKER_TOKEN). Where the pool restricts its admin APIs,
+give the header with LOOPSTREAM_TRITON_ADMIN_HEADER_KEY / LOOPSTREAM_TRITON_ADMIN_HEADER_VALUE
+(in Kubernetes both come from the chart's Secret; microscope clients never have them).
 
 Example::
 
@@ -35,6 +37,7 @@ from loopstream.ops.pool import (
     served_versions,
     static_replicas,
 )
+from loopstream.serving.admin import DEFAULT_KEY, AdminHeader
 from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.rollout import (
     PolicyFile,
@@ -109,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grpc-port-name", default=_env("GRPC_PORT_NAME", "grpc"), help="its gRPC port's name"
     )
+    parser.add_argument(
+        "--triton-admin-header-key",
+        default=_env("TRITON_ADMIN_HEADER_KEY", DEFAULT_KEY),
+        help="name of the header the pool's admin APIs need",
+    )
+    parser.add_argument(
+        "--triton-admin-header-value",
+        default=_env("TRITON_ADMIN_HEADER_VALUE", ""),
+        help="its secret value (better from the environment); empty: send none",
+    )
     parser.add_argument("--tracker", default=_env("TRACKER_URL"), help="tracker host:port (status, compare)")
     parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="the tracker's bearer token")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +169,10 @@ def _replicas(args: argparse.Namespace) -> list[str]:
     raise ValueError("give the Triton pool: --replicas host:port,... or --triton-service NAME")
 
 
+def _admin(args: argparse.Namespace) -> AdminHeader | None:
+    return AdminHeader.optional(args.triton_admin_header_key, args.triton_admin_header_value)
+
+
 def _policy_file(args: argparse.Namespace) -> Path:
     if args.policy_file is None:
         raise ValueError("give --policy-file (or LOOPSTREAM_POLICY_FILE)")
@@ -181,7 +198,7 @@ def _change_policy(args: argparse.Namespace) -> int:
     policy = PolicyFile(path).current()
     new = _new_policy(args, policy)
     replicas = _replicas(args)
-    missing = missing_everywhere(replicas, new.pipeline, [int(v) for v in new.versions])
+    missing = missing_everywhere(replicas, new.pipeline, [int(v) for v in new.versions], _admin(args))
     if missing:
         reasons = "\n".join(f"  {replica}: {reason}" for replica, reason in sorted(missing.items()))
         print(
@@ -248,7 +265,8 @@ def _status(args: argparse.Namespace) -> int:
     if policy is not None and (args.replicas or args.triton_service):
         for replica in _replicas(args):
             try:
-                print(f"  replica {replica}: serves {served_versions(replica, policy.pipeline)}")
+                served = served_versions(replica, policy.pipeline, _admin(args))
+                print(f"  replica {replica}: serves {served}")
             except InferenceServerException as exc:  # a status report lists a dead replica, and goes on
                 print(f"  replica {replica}: unreachable ({exc.message()})")
     return 0
@@ -257,7 +275,7 @@ def _status(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> int:
     policy = PolicyFile(_policy_file(args)).current()
     replicas = _replicas(args)
-    load_everywhere(replicas, policy.pipeline, args.version)
+    load_everywhere(replicas, policy.pipeline, args.version, _admin(args))
     print(f"version {args.version} of {policy.pipeline} READY on {len(replicas)} replica(s): {replicas}")
     return 0
 

@@ -36,6 +36,7 @@ class PreparedFrame:
     shape: tuple[int, int]
     tiles: list[Tile]
     tiles_input: np.ndarray  # [N, 1, tile, tile] float32, standardised
+    image: np.ndarray  # [H, W] float32, the whole normalised frame: detections are checked on it
     scale: float = 1.0  # network px per frame px: the frame was resampled by it before tiling
     frame_shape: tuple[int, int] = (0, 0)  # the frame's own shape (``shape`` is the resampled one)
 
@@ -93,5 +94,5 @@ def prepare_frame(
             )
         frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     tiles = tile_grid(frame.shape, tile_px, overlap_px)
-    normalised = cut_tiles(NORMALISATIONS[normalisation](frame), tiles)
-    return PreparedFrame(frame.shape, tiles, normalised, scale, source_shape)
+    image = NORMALISATIONS[normalisation](frame)
+    return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image, scale, source_shape)

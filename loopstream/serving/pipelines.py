@@ -3,10 +3,11 @@
 Both families cut the standardised frame into tiles, send them to their core network, and merge
 the answers: the semantic family stitches probability maps and splits instances by watershed
 (``loopstream.serving.semantic``); the instance family pastes per-tile instance masks and removes
-duplicates across the frame (``loopstream.serving.instance_merge``). A request may state the frame's
-pixel size (nm/px): the frame is then resampled to the pixel size the network was trained at
-(``PipelineSpec.pixel_nm``) before tiling, and the loops are mapped back to frame px, so a binned
-camera sees the same loops in nm. Triton's glue
+duplicates across the frame (``loopstream.serving.instance_merge``). Both then drop the detections
+no loop could make (``loopstream.core.plausibility``: a hot pixel, a blob of noise). A request may
+state the frame's pixel size (nm/px): the frame is then resampled to the pixel size the network
+was trained at (``PipelineSpec.pixel_nm``) before tiling, and the loops are mapped back to frame
+px, so a binned camera sees the same loops in nm. Triton's glue
 (``backends/pipeline.py``) and in-process runs (benchmarks, evaluation, tests) use this same code.
 
 Examples
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from loopstream.core.masks import MaskCrop
+from loopstream.core.plausibility import plausible_loops
 from loopstream.serving import instance_merge, semantic
 from loopstream.serving.core_models import CORE_TENSORS, CoreTensors
 from loopstream.serving.frames import PreparedFrame, prepare_frame
@@ -81,6 +83,9 @@ class Pipeline:
             loops = instance_merge.frame_instances(tiles, prepared, self.spec)
             masks = [MaskCrop(i.x0, i.y0, i.mask) for i in loops] if with_masks else []
             detections = instance_merge.detections_from_instances(loops)
+        keep = plausible_loops(detections, prepared.image, self.spec.min_contrast, self.spec.min_major_px)
+        detections = detections[keep].reset_index(drop=True)
+        masks = [m for m, k in zip(masks, keep, strict=True) if k] if with_masks else []
         if prepared.scale == 1.0:
             return detections, masks
         return to_frame_px(detections, prepared.scale), [to_frame_mask(m, prepared) for m in masks]

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,25 +33,34 @@ class ServiceProcess:
         argv: Sequence[str],
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        lock: IO[str] | None = None,
     ) -> None:
+        """``lock``: a file whose lock the process holds while it runs (closed when it stops)."""
         self.name = name
         self.argv = list(argv)
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self._log = None
+        self._lock = lock
 
     def start(self) -> ServiceProcess:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=self._log or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+                # Its own process group, which its children (Triton's stubs) join: a Ctrl-C in
+                # the terminal reaches us, we stop it in order, and killpg reaches every one.
+                start_new_session=True,
+            )
+        except OSError:
+            self._release()
+            raise
         return self
 
     def wait_ready(self, is_ready: Callable[[], bool], timeout_s: float) -> None:
@@ -85,16 +95,22 @@ class ServiceProcess:
         # Children of a stopped server (e.g. Triton's Python-backend stubs) must not outlive it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._release()
         return self.process.returncode
 
     def kill(self) -> None:
-        """SIGKILL at once, as a crash would: for failure drills."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL the whole process group at once, as a crash would: for failure drills."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        self._release()
+
+    def _release(self) -> None:
+        for handle in (self._log, self._lock):
+            if handle is not None:
+                handle.close()
+        self._log = self._lock = None
 
     def _log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():

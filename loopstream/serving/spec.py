@@ -40,6 +40,10 @@ class PipelineSpec:
     overlap_px: int = 64  # >= the largest loop's diameter, so each loop is whole in one tile
     threshold: float = 0.5  # semantic: on pixel probability; instance: on the detection score
     min_area_px: int = 12  # a loop of fewer pixels (at the network's scale) is dropped
+    # A loop's contrast against the background around it, as a significance in noise sigmas
+    # (loopstream.core.plausibility; 0 = no check), and its smallest major axis (network px).
+    min_contrast: float = 6.0
+    min_major_px: float = 4.0
     mask_threshold: float = 0.5  # instance: on the pasted mask probability (detectron2's value)
     nms_iou: float = 0.5  # instance: mask IoU above which two detections of a frame are one loop
     # Pixel size (nm/px) of the frames the network was trained at; a request that states its own

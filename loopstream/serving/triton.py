@@ -9,6 +9,7 @@ on LD_LIBRARY_PATH for machines without a system copy).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import sysconfig
@@ -16,8 +17,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loopstream.serving.admin import ADMIN_APIS, AdminHeader
+from loopstream.serving.leftovers import claim, remove_leftovers, shm_prefix
 from loopstream.serving.processes import ServiceProcess, free_port
 
+log = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 
@@ -31,6 +35,21 @@ class TritonPorts:
     def ephemeral(cls) -> TritonPorts:
         return cls(free_port(), free_port(), free_port())
 
+    def with_free_ports(self, host: str = "127.0.0.1") -> TritonPorts:
+        """These ports, each 0 replaced by a port free now: tritonserver cannot bind port 0 itself
+        (it refuses two listeners on 127.0.0.1:0, and could not report what it bound).
+
+        >>> ports = TritonPorts(8001, 0, 0).with_free_ports()
+        >>> ports.grpc, ports.http > 0, ports.metrics not in (0, ports.http)
+        (8001, True, True)
+        """
+        ports = [self.grpc, self.http, self.metrics]
+        for i in range(len(ports)):
+            while ports[i] == 0:
+                candidate = free_port(host)
+                ports[i] = 0 if candidate in ports else candidate
+        return TritonPorts(*ports)
+
 
 @dataclass(frozen=True)
 class TritonOptions:
@@ -40,6 +59,8 @@ class TritonOptions:
     model_control: str = "none"  # "explicit" loads only --load-model names and allows load/unload
     load_models: tuple[str, ...] = ()
     log_verbose: int = 0
+    admin_header: AdminHeader | None = None  # when set, ``admin_apis`` need it (inference does not)
+    admin_apis: tuple[str, ...] = ADMIN_APIS
 
 
 def pytriton_root() -> Path:
@@ -84,7 +105,8 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def server_argv(options: TritonOptions, backends: Path) -> list[str]:
+def server_argv(options: TritonOptions, cache_dir: Path) -> list[str]:
+    backends = backend_directory(cache_dir)
     argv = [
         str(pytriton_root() / "bin" / "tritonserver"),
         f"--model-repository={options.repository}",
@@ -98,21 +120,44 @@ def server_argv(options: TritonOptions, backends: Path) -> list[str]:
         "--disable-auto-complete-config",
         f"--model-control-mode={options.model_control}",
         f"--log-verbose={options.log_verbose}",
+        # Region names that say whose they are, so a later start can remove a killed server's.
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(cache_dir)}",
     ]
     argv += [f"--load-model={name}" for name in options.load_models]
+    if options.admin_header is not None:
+        argv += options.admin_header.server_args(options.admin_apis)
     return argv
 
 
 def start_triton(
     options: TritonOptions, cache_dir: Path, log_path: Path | None = None, timeout_s: float = 120.0
 ) -> ServiceProcess:
-    """Start tritonserver and return once every model it was asked to load is ready."""
-    process = ServiceProcess(
-        "tritonserver",
-        server_argv(options, backend_directory(cache_dir)),
-        env=server_environment(),
-        log_path=log_path,
-    ).start()
+    """Start tritonserver and return once every model it was asked to load is ready.
+
+    The server owns ``cache_dir`` while it runs; whatever a killed server left there (its
+    Python-backend stubs, its /dev/shm regions) is removed first (``loopstream.serving.leftovers``).
+    """
+    lock = claim(cache_dir)
+    try:
+        cleaned = remove_leftovers(cache_dir)
+        process = ServiceProcess(
+            "tritonserver",
+            server_argv(options, cache_dir),
+            env=server_environment(),
+            log_path=log_path,
+            lock=lock,
+        )
+    except BaseException:
+        lock.close()
+        raise
+    if cleaned.processes or cleaned.shm_regions:
+        log.warning(
+            "removed what a killed server left in %s: processes %s, /dev/shm regions %s",
+            cache_dir,
+            cleaned.processes,
+            cleaned.shm_regions,
+        )
+    process.start()
     url = f"http://{options.host}:{options.ports.http}/v2/health/ready"
     process.wait_ready(lambda: urllib.request.urlopen(url, timeout=1).status == 200, timeout_s)
     return process

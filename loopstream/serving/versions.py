@@ -20,6 +20,14 @@ def ready_versions(client: triton.InferenceServerClient, model: str) -> list[int
     return sorted(int(m["version"]) for m in index if m["name"] == model and m.get("state") == "READY")
 
 
+def ready_versions_open(client: triton.InferenceServerClient, model: str) -> list[int]:
+    """Versions of ``model`` that are READY, through the health and metadata APIs only: those stay
+    open to microscope clients where the repository API needs the admin header."""
+    if not client.is_model_ready(model):  # also False for a model Triton does not know
+        return []
+    return sorted(int(v) for v in client.get_model_metadata(model, as_json=True).get("versions", []))
+
+
 def serve_versions(client: triton.InferenceServerClient, pipeline: str, versions: list[int]) -> None:
     """Make ``pipeline`` (and its core) serve exactly ``versions`` on this replica."""
     if not versions:

@@ -116,3 +116,24 @@ an idle pod at 0 instead of NaN.
 {{- define "loopstream.core.measures.modelMatcher" -}}
 model=~"{{ .Values.prometheusAdapter.rules.modelRegex }}"
 {{- end }}
+
+{{- define "loopstream.triton.adminSecret" -}}
+{{- default (printf "%s-admin" (include "loopstream.triton.fullname" .)) .Values.triton.admin.existingSecret }}
+{{- end }}
+
+{{/*
+Environment of a container that knows the admin header (Triton itself, and the tracker pod where
+loopstream-rollout runs): key and value from the Secret. Argument: the prefix of the names.
+*/}}
+{{- define "loopstream.triton.adminEnv" -}}
+- name: {{ .prefix }}_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "loopstream.triton.adminSecret" .root }}
+      key: key
+- name: {{ .prefix }}_VALUE
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "loopstream.triton.adminSecret" .root }}
+      key: value
+{{- end }}
