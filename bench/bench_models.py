@@ -1,7 +1,8 @@
 """CPU throughput of the default semantic model: eager PyTorch vs TorchScript vs ONNX Runtime.
 
-Per tile (one 512 x 512 standardised tile) and per frame (a 2048 x 2048 frame cut into the
-serving's overlapping 512 px tiles, stitched; post-processing excluded). Weights do not change
+Per tile (one 512 x 512 standardised tile) and per frame (a 2048 x 2048 frame prepared by the
+served ``Pipeline`` into its overlapping 512 px tiles, logits stitched; post-processing
+excluded). Weights do not change
 the speed, so an untrained model of the shipped architecture is measured.
 
     .venv/bin/python bench/bench_models.py --threads 2 --repeats 5
@@ -18,9 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loopstream.core.imaging import stitch
 from loopstream.models.architectures import build_model
 from loopstream.models.export import export_onnx
-from loopstream.models.predict import LogitsFn, frame_probabilities, onnx_logits, torch_logits
+from loopstream.models.predict import LogitsFn, onnx_logits, torch_logits
+from loopstream.serving.pipelines import Pipeline
+from loopstream.serving.spec import PipelineSpec
+
+PIPELINE = Pipeline(PipelineSpec())  # the serving's tiling: 512 px tiles, 64 px overlap
+
+
+def frame_logits(run: LogitsFn, frame: np.ndarray) -> np.ndarray:
+    """Stitched logits of a frame tiled as the served pipeline tiles it, one tile per call."""
+    prepared = PIPELINE.prepare(frame)
+    logits = np.concatenate([run(tile[None]) for tile in prepared.tiles_input])
+    return stitch(logits, prepared.tiles, prepared.shape)
 
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -57,7 +70,7 @@ def main() -> None:
         eager_tile = None
         for name, run in runners.items():
             t_tile = best_seconds(lambda run=run: run(tile), args.repeats)
-            t_frame = best_seconds(lambda run=run: frame_probabilities(run, frame), max(1, args.repeats // 3))
+            t_frame = best_seconds(lambda run=run: frame_logits(run, frame), max(1, args.repeats // 3))
             eager_tile = eager_tile or t_tile
             print(
                 f"{name:12s} tile 512^2: {1 / t_tile:6.2f} tiles/s ({1000 * t_tile:6.0f} ms, "

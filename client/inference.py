@@ -58,6 +58,7 @@ class InferenceStream(ReconnectingStream):
         max_in_flight: int = 8,
         reconnect_timeout_s: float = 120.0,
         shared_memory: bool = False,
+        pixel_nm: float | None = None,
     ) -> None:
         self.url = url
         self.model_name = model_name
@@ -66,6 +67,7 @@ class InferenceStream(ReconnectingStream):
         self.max_in_flight = max_in_flight
         self.reconnect_timeout_s = reconnect_timeout_s
         self.server = f"Triton at {url}"
+        self.pixel_nm = pixel_nm  # the session's: pipelines resample frames to their network's
         self.shared_memory = shared_memory
         self._slots: SharedMemorySlots | None = None  # sized by the first frame
         self._client = triton.InferenceServerClient(url)
@@ -123,6 +125,7 @@ class InferenceStream(ReconnectingStream):
             model_version=self.model_version,
             outputs=[triton.InferRequestedOutput("DETECTIONS")],  # not the optional MASKS_RLE
             request_id=str(frame.index),
+            parameters={"pixel_nm": float(self.pixel_nm)} if self.pixel_nm else None,
         )
 
     def _start_stream(self) -> None:

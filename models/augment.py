@@ -96,3 +96,32 @@ def _slow_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A smooth random field in [-1, 1] varying over a few hundred px."""
     coarse = rng.uniform(-1, 1, (3, 3)).astype(np.float32)
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
+
+
+def rescaled_crop(
+    image: np.ndarray,
+    polygons: list[np.ndarray],
+    boxes: np.ndarray,
+    size_px: int,
+    scale_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random window of ``image`` resampled to ``size_px`` square by a scale drawn log-uniformly
+    from ``scale_range`` (clamped so the window fits in the frame), and the [K, size, size] uint8
+    masks of the loops (polygons in frame px) it holds: the same loop seen 0.5x to 2x its size,
+    so the network learns loops from a few px to a hundred."""
+    h, w = image.shape
+    scale = float(np.exp(rng.uniform(*np.log(scale_range))))
+    side = min(size_px / scale, h, w)
+    scale = size_px / side
+    x0, y0 = float(rng.uniform(0, w - side)), float(rng.uniform(0, h - side))
+    affine = np.float32([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]])
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    crop = cv2.warpAffine(image, affine, (size_px, size_px), flags=interpolation)
+    inside = (boxes[:, 2] > x0) & (boxes[:, 0] < x0 + side) & (boxes[:, 3] > y0) & (boxes[:, 1] < y0 + side)
+    masks = np.zeros((int(inside.sum()), size_px, size_px), np.uint8)
+    held = [polygon for polygon, keep in zip(polygons, inside, strict=True) if keep]
+    for mask, polygon in zip(masks, held, strict=True):
+        points = np.round((polygon - (x0, y0)) * scale * 16).astype(np.int32)
+        cv2.fillPoly(mask, [points], 1, lineType=cv2.LINE_8, shift=4)
+    return crop, masks

@@ -116,3 +116,31 @@ def instances_from_ellipses(loops: pd.DataFrame, shape: tuple[int, int]) -> list
         draw_ellipse(mask, loop.x_px, loop.y_px, loop.major_px, loop.minor_px, loop.angle_deg)
         masks.append(mask.astype(bool))
     return masks
+
+
+@dataclass
+class PolygonImage:
+    """A real frame with its loops as polygons in px (not masks): a 2048² frame with 500 loops as
+    full-size masks would take 2 GB, and a training crop rasterises only the loops it holds."""
+
+    name: str
+    image: np.ndarray  # raw frame [H, W]
+    polygons: list[np.ndarray]  # float32 [K, 2] (x, y) per loop, one outline each
+    boxes: np.ndarray  # float32 [N, 4] x0, y0, x1, y1 of each polygon, for cropping
+
+
+def polygon_images(coco: CocoLoops) -> list[PolygonImage]:
+    """Every image of ``coco`` with its loops' outlines (the largest polygon of each annotation)."""
+    out = []
+    for image_id in coco.ids:
+        info = coco.coco.loadImgs(image_id)[0]
+        image = cv2.imread(str(coco.images_dir / info["file_name"]), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise FileNotFoundError(coco.images_dir / info["file_name"])
+        polygons = []
+        for ann in coco.coco.loadAnns(coco.coco.getAnnIds(imgIds=image_id, iscrowd=None)):
+            rings = [np.asarray(r, np.float32).reshape(-1, 2) for r in ann["segmentation"]]
+            polygons.append(max(rings, key=len))
+        boxes = np.array([[*p.min(0), *p.max(0)] for p in polygons], np.float32).reshape(-1, 4)
+        out.append(PolygonImage(Path(info["file_name"]).stem, image, polygons, boxes))
+    return out

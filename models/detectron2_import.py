@@ -1,6 +1,10 @@
 """Import a detectron2 R50-FPN Mask R-CNN checkpoint (ai-atoms/creme) as a loopstream model.
 
-``python -m loopstream.models.detectron2_import model_final.pth --out build/d2 [--onnx]``
+``python -m loopstream.models.detectron2_import model_final.pth --config config.yaml --out build/d2 [--onnx]``
+
+``--config`` is the detectron2 config YAML that training saves beside ``model_final.pth`` (creme's
+``config.yaml``, a full ``cfg.dump()``); every inference setting is read from it
+(``config_overrides``), and a key it lacks takes detectron2's default (``D2_DEFAULTS``).
 
 detectron2 cannot be installed here, so its checkpoints (``{"model": state_dict}``, config from
 ``COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml``, 1 class) are served by mapping every
@@ -26,18 +30,25 @@ Mask R-CNN, and how each difference is implemented:
    graph (default 149.6 / 35.6; the checkpoint's ``pixel_mean`` / ``pixel_std`` buffers win
    when it stores them, ``--pixel-mean`` / ``--pixel-std`` over both).
 6. Anchors: detectron2's cell anchors (corners not rounded; sizes then ratios), offset 0.0,
-   ratios 0.5 / 1 / 2; sizes per P2-P6 level from ``--anchor-sizes`` (default detectron2's
-   32;64;128;256;512) unless the checkpoint stores its cell anchors (older detectron2), which
-   are then used as they are.
+   ``ANCHOR_GENERATOR.SIZES`` and ``ASPECT_RATIOS`` per RPN input level (one list broadcast to
+   every level, as detectron2 does), on the levels ``RPN.IN_FEATURES`` names, in its order and
+   repeats (creme: p2, p2, p3, p4, p5, p6 with sizes 8, 16, 32, ... and 7 ratios 0.1-10; each
+   feature map keeps its level's stride, so p2 carries anchors 8 and 16 at stride 4); without a
+   config, sizes per P2-P6 from ``--anchor-sizes``. A checkpoint that stores its cell anchors
+   (older detectron2) has them used as they are.
 7. Masks: sigmoid of the loop channel on 28x28, pasted at pixel centres inside the box and
    thresholded at 0.5 (``loopstream.serving.instance_merge.paste_mask``, detectron2's
    ``paste_masks_in_image``), outside the exported graph.
-8. No resize inside the model: detectron2's DefaultPredictor resizes the short side to 800 px;
-   loopstream feeds native-resolution tiles (H, W multiples of 32 so FPN's size-32 padding is a
-   no-op, as detectron2 pads with zeros after normalisation).
-9. Test settings: box score > 0.05, per-class box NMS 0.5, RPN 1000 pre-NMS per level / 1000
-   post-NMS, NMS 0.7, ``--detections`` per image (default 512 as in the reference work;
-   detectron2's default is 100).
+8. Test-time resize as detectron2's DefaultPredictor does (``INPUT.MIN_SIZE_TEST`` /
+   ``MAX_SIZE_TEST``, default 800 / 1333; 0 = none): inside the model, bilinear, zero padding to
+   multiples of 32 after normalisation, boxes mapped back to the tile's px per axis
+   (``maskrcnn.LoopMaskRCNN._test_resize``). A 512 px serving tile becomes 800 px, as in creme.
+   Without a config: no resize (native tiles, the behaviour of earlier imports).
+9. Test settings from the config: box score > ``ROI_HEADS.SCORE_THRESH_TEST``, per-class box NMS
+   ``ROI_HEADS.NMS_THRESH_TEST``, RPN ``PRE_NMS_TOPK_TEST`` per level / ``POST_NMS_TOPK_TEST``
+   after NMS ``RPN.NMS_THRESH`` (creme: 4000 / 2000), ``TEST.DETECTIONS_PER_IMAGE`` per image
+   (without a config: 0.05, 0.5, 1000 / 1000, 0.7 and ``--detections``, default 512 as in the
+   reference work).
 
 Known residual differences from torchvision internals: proposals and final boxes narrower than
 1e-3 / 1e-2 px are dropped (detectron2 drops only empty ones) - irrelevant for real boxes.
@@ -53,6 +64,7 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 
 from loopstream.models.export_instance import export_onnx
 from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
@@ -63,6 +75,29 @@ CREME_PIXEL_MEAN, CREME_PIXEL_STD = 149.6, 35.6  # 8-bit grey, replicated to B, 
 DEFAULT_ANCHOR_SIZES = "32;64;128;256;512"
 NORM_FIELDS = ("weight", "bias", "running_mean", "running_var")
 IGNORED = re.compile(r"^(pixel_mean|pixel_std|proposal_generator\.anchor_generator\.cell_anchors\.\d+)$")
+
+
+# detectron2's defaults (detectron2/config/defaults.py) for every key the import reads
+D2_DEFAULTS: dict[str, object] = {
+    "MODEL.ANCHOR_GENERATOR.SIZES": [[32], [64], [128], [256], [512]],
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+    "MODEL.ANCHOR_GENERATOR.OFFSET": 0.0,
+    "MODEL.RPN.IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"],
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
+    "MODEL.RPN.NMS_THRESH": 0.7,
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.05,
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST": 0.5,
+    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    "MODEL.ROI_HEADS.IN_FEATURES": ["p2", "p3", "p4", "p5"],
+    "MODEL.RESNETS.DEPTH": 50,
+    "MODEL.RESNETS.STRIDE_IN_1X1": True,
+    "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675],
+    "MODEL.PIXEL_STD": [1.0, 1.0, 1.0],
+    "INPUT.MIN_SIZE_TEST": 800,
+    "INPUT.MAX_SIZE_TEST": 1333,
+    "TEST.DETECTIONS_PER_IMAGE": 100,
+}
 
 
 class CheckpointError(ValueError):
@@ -148,6 +183,66 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v) for k, v in state.items()}
 
 
+def read_config(path: str | Path) -> dict[str, object]:
+    """The keys the import reads from a detectron2 config YAML (``cfg.dump()``), defaults filled in."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointError(f"{path}: not a readable detectron2 config YAML ({error})") from error
+    if "_BASE_" in tree:
+        raise CheckpointError(
+            f"{path} inherits from {tree['_BASE_']!r}: give the full config detectron2 saves beside "
+            "model_final.pth (config.yaml, written by cfg.dump()), not a base-derived one"
+        )
+    values = {}
+    for dotted, default in D2_DEFAULTS.items():
+        node: object = tree
+        for part in dotted.split("."):
+            node = node.get(part, None) if isinstance(node, dict) else None
+        values[dotted] = default if node is None else node
+    return values
+
+
+def config_overrides(path: str | Path) -> tuple[dict, list[float], list[float]]:
+    """``MaskRCNNSpec`` overrides, PIXEL_MEAN and PIXEL_STD of a detectron2 config, checked
+    against what the import can reproduce."""
+    c = read_config(path)
+    for key, wanted in (
+        ("MODEL.RESNETS.DEPTH", 50),
+        ("MODEL.RESNETS.STRIDE_IN_1X1", True),
+        ("MODEL.ROI_HEADS.NUM_CLASSES", 1),
+        ("MODEL.ANCHOR_GENERATOR.OFFSET", 0.0),
+        ("MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p3", "p4", "p5"]),
+    ):
+        if c[key] != wanted:
+            raise CheckpointError(f"{path}: {key} is {c[key]!r}; the import reproduces {wanted!r} only")
+    levels = tuple(_level(name, path) for name in c["MODEL.RPN.IN_FEATURES"])
+    sizes = [tuple(float(v) for v in group) for group in c["MODEL.ANCHOR_GENERATOR.SIZES"]]
+    ratios = [tuple(float(v) for v in group) for group in c["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"]]
+    min_size = c["INPUT.MIN_SIZE_TEST"]
+    overrides = dict(
+        anchor_sizes=tuple(sizes * len(levels) if len(sizes) == 1 else sizes),
+        aspect_ratios=tuple(ratios),
+        rpn_levels=levels,
+        rpn_pre_nms_per_level=int(c["MODEL.RPN.PRE_NMS_TOPK_TEST"]),
+        rpn_post_nms=int(c["MODEL.RPN.POST_NMS_TOPK_TEST"]),
+        rpn_nms_iou=float(c["MODEL.RPN.NMS_THRESH"]),
+        score_threshold=float(c["MODEL.ROI_HEADS.SCORE_THRESH_TEST"]),
+        box_nms_iou=float(c["MODEL.ROI_HEADS.NMS_THRESH_TEST"]),
+        detections_per_image=int(c["TEST.DETECTIONS_PER_IMAGE"]),
+        test_short_side=int(min_size if isinstance(min_size, int) else max(min_size)),
+        test_max_side=int(c["INPUT.MAX_SIZE_TEST"]),
+    )
+    return overrides, list(c["MODEL.PIXEL_MEAN"]), list(c["MODEL.PIXEL_STD"])
+
+
+def _level(name: str, path: str | Path) -> int:
+    match = re.fullmatch(r"p([2-6])", str(name))
+    if match is None:
+        raise CheckpointError(f"{path}: RPN.IN_FEATURES names {name!r}; an FPN R50 has p2-p6")
+    return int(match.group(1))
+
+
 def parse_anchor_sizes(text: str) -> tuple[tuple[float, ...], ...]:
     """``"32;64;128;256;512"`` (one group per level P2-P6) or ``"8,16,32"`` (one group for every
     level, as detectron2 broadcasts a single list)."""
@@ -161,8 +256,11 @@ def import_checkpoint(
     pixel_mean: list[float] | None = None,
     pixel_std: list[float] | None = None,
     detections: int = 512,
+    config: str | Path | None = None,
 ) -> tuple[LoopMaskRCNN, dict]:
-    """The eval-mode model computing what detectron2 computes, and the overrides to rebuild it."""
+    """The eval-mode model computing what detectron2 computes, and the overrides to rebuild it.
+    With ``config`` (detectron2's YAML) every inference setting comes from it; ``pixel_mean`` /
+    ``pixel_std`` still win over it."""
     state = load_state(path)
     mapping = name_map()
     unexpected = sorted(k for k in state if k not in mapping and not IGNORED.match(k))
@@ -179,8 +277,15 @@ def import_checkpoint(
         (k for k in state if k.startswith("proposal_generator.anchor_generator.cell_anchors.")),
         key=lambda k: int(k.rsplit(".", 1)[1]),
     )
-    overrides = dict(anchor_sizes=parse_anchor_sizes(anchor_sizes), detections_per_image=detections)
-    model = build_maskrcnn(ARCH, **overrides).eval()
+    config_mean = config_std = None
+    if config is None:
+        overrides = dict(anchor_sizes=parse_anchor_sizes(anchor_sizes), detections_per_image=detections)
+    else:
+        overrides, config_mean, config_std = config_overrides(config)
+    try:
+        model = build_maskrcnn(ARCH, **overrides).eval()
+    except ValueError as error:
+        raise CheckpointError(f"{config or path}: {error}") from error
     ours = model.state_dict()
     converted = {}
     for d2_name, value in state.items():
@@ -188,14 +293,18 @@ def import_checkpoint(
             continue
         name, value = mapping[d2_name], convert(d2_name, value).float()
         if value.shape != ours[name].shape:
-            hint = " (anchors per location: check --anchor-sizes)" if name.startswith("rpn.head") else ""
+            hint = (
+                " (anchors per location: check ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS, or --config)"
+                if name.startswith("rpn.head")
+                else ""
+            )
             raise CheckpointError(
                 f"{d2_name} has shape {tuple(value.shape)}, a 1-class R50-FPN Mask R-CNN has "
                 f"{tuple(ours[name].shape)} (as {name}){hint}"
             )
         converted[name] = value
-    mean = pixel_mean or _stored(state, "pixel_mean") or [CREME_PIXEL_MEAN] * 3
-    std = pixel_std or _stored(state, "pixel_std") or [CREME_PIXEL_STD] * 3
+    mean = pixel_mean or _stored(state, "pixel_mean") or config_mean or [CREME_PIXEL_MEAN] * 3
+    std = pixel_std or _stored(state, "pixel_std") or config_std or [CREME_PIXEL_STD] * 3
     converted["pixel_mean"] = _bgr(mean).view(1, 3, 1, 1)
     converted["pixel_std"] = _bgr(std).view(1, 3, 1, 1)
     model.load_state_dict(converted, strict=True)
@@ -203,7 +312,9 @@ def import_checkpoint(
     if cells:
         cell_anchors = [state[k].float() for k in cells]
         anchors_per_location = model.rpn.head.cls_logits.out_channels
-        if len(cell_anchors) != 5 or any(len(c) != anchors_per_location for c in cell_anchors):
+        if len(cell_anchors) != len(model.rpn_levels) or any(
+            len(c) != anchors_per_location for c in cell_anchors
+        ):
             raise CheckpointError(
                 f"stored cell anchors {[tuple(c.shape) for c in cell_anchors]} do not fit the RPN"
             )
@@ -230,16 +341,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint", type=Path, help="detectron2 model_final.pth ({'model': state_dict})")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pt (and model.onnx)")
     p.add_argument(
-        "--anchor-sizes", default=DEFAULT_ANCHOR_SIZES, help="ANCHOR_GENERATOR.SIZES, e.g. 32;64;..."
+        "--config",
+        type=Path,
+        help="detectron2 config YAML saved beside model_final.pth (anchors, RPN levels and top-k, "
+        "test resize, thresholds); without it detectron2's R50-FPN defaults at native tile size",
+    )
+    p.add_argument(
+        "--anchor-sizes",
+        default=DEFAULT_ANCHOR_SIZES,
+        help="without --config: ANCHOR_GENERATOR.SIZES per P2-P6, e.g. 32;64;...",
     )
     p.add_argument("--pixel-mean", type=float, nargs="+", help="MODEL.PIXEL_MEAN (B G R, 8-bit scale)")
     p.add_argument("--pixel-std", type=float, nargs="+", help="MODEL.PIXEL_STD (B G R, 8-bit scale)")
-    p.add_argument("--detections", type=int, default=512, help="TEST.DETECTIONS_PER_IMAGE")
+    p.add_argument("--detections", type=int, default=512, help="without --config: TEST.DETECTIONS_PER_IMAGE")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model, extras = import_checkpoint(
-        args.checkpoint, args.anchor_sizes, args.pixel_mean, args.pixel_std, args.detections
+        args.checkpoint, args.anchor_sizes, args.pixel_mean, args.pixel_std, args.detections, args.config
     )
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(

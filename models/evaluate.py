@@ -1,21 +1,27 @@
-"""Evaluation CLI (``python -m loopstream.models.evaluate``): per-image and overall loop metrics.
+"""Evaluation CLI (``python -m loopstream.models.evaluate``): a pipeline version against annotations.
 
-For each image: F, N, D, Dm (px and nm) of prediction and truth, their relative errors, S_re, P1,
-P2 (DESIGN.md section 4, ``loopstream.core.measures``) and precision / recall / F1 of loops matched at
-mask IoU >= 0.5; overall, the same on all images pooled (F over all pixels, N summed, sizes
-averaged over all loops) plus COCO mask AP (pycocotools) for COCO datasets. Writes
-``summary.csv`` (one row per image and an ``overall`` row), ``loops/<image>.csv`` (one row per
-predicted loop: centre, full axes, angle, like the reference's analysis.csv) and
-``overlays/<image>.png`` (truth contours green, predicted ellipses red).
+Predictions come from the served code path, nothing else: the version's ``pipeline.json`` read
+once (``PipelineSpec``), its core network run in-process by the runtime Triton's glue uses
+(``loopstream.serving.core_models``), and ``Pipeline.analyse`` (normalisation, resampling to the
+network's pixel size, tiling, merging, thresholds); so the detections here are Triton's, loop for
+loop (a test checks it). Both families, any version: ``--pipeline model_repository/loops_instance/3``
+(its core network is ``loops_instance_core/3``), or a candidate with ``--pipeline DIR --network FILE``.
 
-``--tune-ids`` picks the probability threshold on *those* images (training images; never the
-held-out ones) and then evaluates ``--ids`` with it.
+Per image and pooled (``loopstream.models.scoring``): F, N, D, Dm (px and nm), relative errors,
+S_re, P1, P2 (DESIGN.md section 4), F1 of loops matched one-to-one by mask IoU and by ellipse IoU,
+counts of degenerate annotations and predictions; COCO mask AP (pycocotools). Writes
+``summary.csv``, ``loops/<image>.csv`` (every detection column, as the pipeline returns it) and
+``overlays/<image>.png`` (truth outlines green, predicted ellipses red).
 
-Examples::
+``--tune-ids`` chooses the threshold on *those* (training) images: the best pooled F1 among the
+thresholds with pooled |N_re| <= 10 % (the smallest |N_re| if none reaches it), writes the sweep
+(``threshold_sweep.csv``) and its F1 / N_re / P2 curve (``threshold_curve.png``), and evaluates
+``--ids`` at it.
 
-    python -m loopstream.models.evaluate --model model_repository/loops_semantic_core/1/model.onnx \\
-        --coco ../shared/data/creme-ds25s/train/annotations.json --ids 3,7,11 --out eval/creme
-    python -m loopstream.models.evaluate --model model.onnx --sim-seeds 0:50 --out eval/sim
+Example (held-out creme images, the default instance version)::
+
+    python -m loopstream.models.evaluate --pipeline model_repository/loops_instance/3 \\
+        --coco ../shared/data/creme-ds25s/train/annotations.json --ids 3,7,11 --out eval/instance
 """
 
 from __future__ import annotations
@@ -24,152 +30,196 @@ import argparse
 import contextlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from tqdm import tqdm
 
-from loopstream.core import measures
-from loopstream.core.ellipses import detections_from_labels, empty_detections
+from loopstream.core.masks import MaskCrop
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.datasets import CocoLoops, instances_from_ellipses
-from loopstream.models.predict import (
-    DEFAULT_THRESHOLD,
-    LogitsFn,
-    Prediction,
-    frame_probabilities,
-    label_probabilities,
-    load_logits_fn,
-)
+from loopstream.models.scoring import Prediction, TruthImage, score_predictions
+from loopstream.serving.core_models import open_core
+from loopstream.serving.frames import PreparedFrame
+from loopstream.serving.pipelines import CoreFn, Pipeline
+from loopstream.serving.spec import PipelineSpec
 
 PIXEL_NM = 200.0 / 512.0  # creme-ds25s: 200 nm field of view on 512 px
-THRESHOLD_GRID = tuple(np.round(np.arange(0.2, 0.81, 0.05), 2))
+MAX_ABS_N_RE = 10.0  # the counting constraint of threshold choice (%)
+GRIDS = {
+    "semantic": tuple(np.round(np.arange(0.2, 0.81, 0.05), 2)),
+    "instance": tuple(np.round(np.arange(0.3, 0.96, 0.05), 2)),  # trained box scores crowd near 1
+}
 
 
-@dataclass
-class TruthImage:
-    name: str
-    image: np.ndarray
-    instances: list[np.ndarray]  # one binary mask per true loop
-    image_id: int | None = None  # COCO id, for AP
+def coco_truth(coco: CocoLoops, ids: Sequence[int]) -> list[TruthImage]:
+    """Images of ``coco`` with each annotation rasterised (COCO's own rule) within its box."""
+    out = []
+    for image_id in ids:
+        info = coco.coco.loadImgs(image_id)[0]
+        image = cv2.imread(str(coco.images_dir / info["file_name"]), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise FileNotFoundError(coco.images_dir / info["file_name"])
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        masks, dropped = [], 0
+        for ann in coco.coco.loadAnns(coco.coco.getAnnIds(imgIds=image_id, iscrowd=None)):
+            crop = annotation_crop(ann, image.shape, coco.coco)
+            if crop is None:
+                dropped += 1
+            else:
+                masks.append(crop)
+        out.append(TruthImage(Path(info["file_name"]).stem, image, masks, image_id, dropped))
+    return out
 
-    @property
-    def loops(self) -> pd.DataFrame:
-        """Ellipse of each true loop, fitted exactly as predictions are (loopstream.core.ellipses)."""
-        rows = [detections_from_labels(m.astype(np.int32)) for m in self.instances if m.any()]
-        return pd.concat(rows, ignore_index=True) if rows else empty_detections()
 
-    @property
-    def foreground(self) -> np.ndarray:
-        return np.logical_or.reduce(self.instances) if self.instances else np.zeros(self.image.shape, bool)
+def annotation_crop(ann: dict, shape: tuple[int, int], coco: COCO) -> MaskCrop | None:
+    """An annotation's mask within its box (None when it has no pixel in the image)."""
+    h, w = shape
+    segmentation = ann["segmentation"]
+    if not isinstance(segmentation, list):  # RLE: decode whole, then crop
+        return _tight(coco.annToMask(ann).astype(bool), 0, 0)
+    points = np.concatenate([np.asarray(r, np.float64).reshape(-1, 2) for r in segmentation if len(r) >= 2])
+    x0, y0 = max(int(np.floor(points[:, 0].min())) - 1, 0), max(int(np.floor(points[:, 1].min())) - 1, 0)
+    x1, y1 = min(int(np.ceil(points[:, 0].max())) + 2, w), min(int(np.ceil(points[:, 1].max())) + 2, h)
+    if x1 <= x0 or y1 <= y0:
+        return None  # wholly outside the image
+    rings = [(np.asarray(r, np.float64).reshape(-1, 2) - (x0, y0)) for r in segmentation if len(r) >= 2]
+    polygons = [r.ravel().tolist() for r in rings if len(r) >= 3]
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    if polygons:
+        mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, y1 - y0, x1 - x0))) > 0
+    if not mask.any():  # an outline with no area (collinear, 2 points): the pixels it passes through
+        canvas = np.zeros(mask.shape, np.uint8)
+        cv2.polylines(canvas, [np.round(r).astype(np.int32) for r in rings], False, 1)
+        mask = canvas > 0
+    return _tight(mask, x0, y0)
 
 
-def coco_images(coco: CocoLoops, ids: Sequence[int]) -> list[TruthImage]:
-    return [TruthImage(s.name, s.image, s.instances, i) for i, s in ((i, coco.sample(i)) for i in ids)]
+def _tight(mask: np.ndarray, x0: int, y0: int) -> MaskCrop | None:
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    return MaskCrop(
+        x0 + int(xs.min()), y0 + int(ys.min()), mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    )
 
 
-def simulated_images(seeds: Sequence[int], shape: tuple[int, int] = (512, 512)) -> list[TruthImage]:
+def simulated_truth(seeds: Sequence[int], shape: tuple[int, int] = (512, 512)) -> list[TruthImage]:
     """One default-configuration (uint16) frame per seed, at frame index (97 * seed) % 1000 so that
     early (small loops) and late (grown, denser) frames are both represented."""
     out = []
     for seed in seeds:
         mic = SimulatedMicroscope(SimulationConfig(shape=shape), seed)
         frame = mic.frame((97 * seed) % mic.config.n_frames)
-        out.append(
-            TruthImage(f"sim-{seed}-{frame.index}", frame.image, instances_from_ellipses(frame.truth, shape))
-        )
+        crops = [_tight(m, 0, 0) for m in instances_from_ellipses(frame.truth, shape)]
+        out.append(TruthImage(f"sim-{seed}-{frame.index}", frame.image, [c for c in crops if c is not None]))
     return out
 
 
-def image_row(
-    name: str, truth: measures.ImageStatistics, pred: measures.ImageStatistics, match, pixel_nm: float
-):
-    """One summary row: statistics (px, nm), relative errors (%), P1, P2, matching scores."""
-    f_re = measures.relative_error(pred.f_pct, truth.f_pct)
-    n_re = measures.relative_error(pred.n, truth.n)
-    d_re = measures.relative_error(pred.d_px, truth.d_px)
-    dm_re = measures.relative_error(pred.dm_px, truth.dm_px)
-    s_re = measures.size_error(d_re, dm_re)
-    return dict(
-        image=name,
-        F_gt_pct=truth.f_pct,
-        F_pred_pct=pred.f_pct,
-        N_gt=truth.n,
-        N_pred=pred.n,
-        D_gt_px=truth.d_px,
-        D_pred_px=pred.d_px,
-        Dm_gt_px=truth.dm_px,
-        Dm_pred_px=pred.dm_px,
-        D_gt_nm=truth.d_px * pixel_nm,
-        D_pred_nm=pred.d_px * pixel_nm,
-        Dm_gt_nm=truth.dm_px * pixel_nm,
-        Dm_pred_nm=pred.dm_px * pixel_nm,
-        F_re=f_re,
-        N_re=n_re,
-        D_re=d_re,
-        Dm_re=dm_re,
-        S_re=s_re,
-        P1=measures.p1(f_re, n_re, s_re),
-        P2=measures.p2(n_re, d_re, dm_re),
-        matched=match.matched,
-        precision=match.precision,
-        recall=match.recall,
-        F1=match.f1,
-    )
+def open_pipeline(
+    version_dir: Path, network: Path | None = None, threads: int = 2
+) -> tuple[Pipeline, CoreFn]:
+    """A pipeline version of a repository (``<name>/<v>/pipeline.json``) and its core network run
+    in-process (``<name>_core/<v>/``, or ``network``, a candidate file)."""
+    version_dir = Path(version_dir)
+    spec = PipelineSpec.read(version_dir / "pipeline.json")
+    core_dir = version_dir.parent.parent / f"{version_dir.parent.name}_core" / version_dir.name
+    core = open_core(core_dir if network is None else network, threads)
+    return Pipeline(spec), core.run
 
 
-def score_predictions(
-    images: Sequence[TruthImage], predictions: Sequence[Prediction], pixel_nm: float = PIXEL_NM
-) -> pd.DataFrame:
-    """Per-image rows plus a last ``overall`` row (pooled statistics, summed matches)."""
-    rows, total = [], measures.MatchScores(0, 0, 0)
-    for img, pred in zip(images, predictions, strict=True):
-        match = measures.match_loops(pred.labels, img.instances)
-        total = total + match
-        truth_stats = measures.image_statistics(img.foreground, img.loops)
-        pred_stats = measures.image_statistics(pred.labels > 0, pred.detections)
-        rows.append(image_row(img.name, truth_stats, pred_stats, match, pixel_nm))
-    truth_all = measures.pooled_statistics([i.foreground for i in images], [i.loops for i in images])
-    pred_all = measures.pooled_statistics(
-        [p.labels > 0 for p in predictions], [p.detections for p in predictions]
-    )
-    rows.append(image_row("overall", truth_all, pred_all, total, pixel_nm))
-    table = pd.DataFrame(rows)
-    per_image = table.iloc[:-1]
-    table.loc[table.index[-1], "mean_abs_N_re"] = float(per_image["N_re"].abs().mean())
-    return table
+class PipelineRun:
+    """A pipeline's core answers for each image, kept so thresholds can be swept without
+    running the network again (``finish`` is the served merge step, at any spec)."""
+
+    def __init__(
+        self, pipeline: Pipeline, core: CoreFn, images: Sequence[TruthImage], pixel_nm: float | None
+    ) -> None:
+        self.spec = pipeline.spec
+        self.answers: list[tuple[PreparedFrame, list[dict[str, np.ndarray]]]] = []
+        for img in tqdm(images, desc="core network", unit="image"):
+            prepared = pipeline.prepare(img.image, pixel_nm)
+            self.answers.append((prepared, [core(inputs) for inputs in pipeline.core_inputs(prepared)]))
+
+    def predictions(self, threshold: float | None = None) -> list[Prediction]:
+        spec = self.spec if threshold is None else replace(self.spec, threshold=float(threshold))
+        pipeline = Pipeline(spec)
+        return [
+            Prediction(*pipeline.finish(outputs, prepared, with_masks=True))
+            for prepared, outputs in self.answers
+        ]
 
 
-def tune_threshold(
-    images: Sequence[TruthImage], probabilities: Sequence[np.ndarray], grid: Sequence[float] = THRESHOLD_GRID
+def choose_threshold(
+    images: Sequence[TruthImage], run: PipelineRun, pixel_nm: float, grid: Sequence[float]
 ) -> tuple[float, pd.DataFrame]:
-    """Threshold maximising (100 * F1 + P1 + P2) / 3 of the pooled images, and the whole sweep."""
+    """The threshold of best pooled F1 with pooled |N_re| <= ``MAX_ABS_N_RE`` (else the smallest
+    |N_re|), and the whole sweep."""
     sweep = []
     for t in grid:
-        overall = score_predictions(images, [label_probabilities(p, float(t)) for p in probabilities]).iloc[
-            -1
-        ]
-        sweep.append(dict(threshold=float(t), F1=overall.F1, P1=overall.P1, P2=overall.P2, N_re=overall.N_re))
+        overall = score_predictions(images, run.predictions(t), pixel_nm).iloc[-1]
+        sweep.append(
+            dict(
+                threshold=float(t),
+                F1=overall.F1,
+                F1_ellipse=overall.F1_ellipse,
+                N_re=overall.N_re,
+                P1=overall.P1,
+                P2=overall.P2,
+            )
+        )
     sweep = pd.DataFrame(sweep)
-    sweep["score"] = (100 * sweep.F1 + sweep.P1 + sweep.P2) / 3
-    return float(sweep.threshold[sweep.score.idxmax()]), sweep
+    allowed = sweep[sweep.N_re.abs() <= MAX_ABS_N_RE]
+    best = allowed.F1.idxmax() if len(allowed) else sweep.N_re.abs().idxmin()
+    return float(sweep.threshold[best]), sweep
+
+
+def plot_sweep(sweep: pd.DataFrame, chosen: float, path: Path) -> None:
+    """F1, N_re and P2 against the threshold, the |N_re| <= 10 % band and the chosen threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(6, 4), dpi=100)
+    left.plot(sweep.threshold, sweep.F1, "o-", label="F1 (mask IoU)")
+    left.plot(sweep.threshold, sweep.F1_ellipse, "s--", label="F1 (ellipse IoU)")
+    left.plot(sweep.threshold, sweep.P2 / 100, "^-", label="P2 / 100")
+    left.set_xlabel("threshold")
+    left.set_ylabel("F1, P2 / 100")
+    right = left.twinx()
+    right.plot(sweep.threshold, sweep.N_re, "k:", label="N_re %")
+    right.axhspan(-MAX_ABS_N_RE, MAX_ABS_N_RE, color="grey", alpha=0.15)
+    right.set_ylabel("N_re %")
+    left.axvline(chosen, color="red", lw=1)
+    lines = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    left.legend(lines, labels, fontsize=8, loc="lower left")
+    left.set_title(f"threshold chosen on training images: {chosen}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def coco_ap(
     coco: CocoLoops, images: Sequence[TruthImage], predictions: Sequence[Prediction]
 ) -> tuple[float, float]:
-    """COCO mask AP@[.5:.95] and AP50 of the predicted loops (score: mean foreground probability)."""
-    from pycocotools import mask as mask_utils
+    """COCO mask AP@[.5:.95] and AP50 of the predicted loops (by their scores)."""
     from pycocotools.cocoeval import COCOeval
 
     results = []
     for img, pred in zip(images, predictions, strict=True):
-        for label, score in zip(
-            range(1, int(pred.labels.max(initial=0)) + 1), pred.detections.score, strict=True
-        ):
-            rle = mask_utils.encode(np.asfortranarray((pred.labels == label).astype(np.uint8)))
+        for crop, score in zip(pred.masks, pred.detections.score, strict=True):
+            full = np.zeros(img.image.shape, np.uint8)
+            h, w = crop.mask.shape
+            full[crop.y0 : crop.y0 + h, crop.x0 : crop.x0 + w] = crop.mask
+            rle = mask_utils.encode(np.asfortranarray(full))
             rle["counts"] = rle["counts"].decode()
             results.append(dict(image_id=img.image_id, category_id=1, segmentation=rle, score=float(score)))
     if not results:
@@ -178,26 +228,32 @@ def coco_ap(
         evaluation = COCOeval(coco.coco, coco.coco.loadRes(results), iouType="segm")
         evaluation.params.imgIds = [i.image_id for i in images]
         evaluation.params.catIds = coco.coco.getCatIds()[:1]
+        evaluation.params.maxDets = [1, 10, 1000]  # dense frames hold hundreds of loops
         evaluation.evaluate()
         evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[0]), float(evaluation.stats[1])
+    # precision [iou thresholds, recall, class, area range, max detections]: all areas, most dets
+    precision = evaluation.eval["precision"][:, :, 0, 0, -1]
+    valid = precision > -1
+    if not valid.any():
+        return 0.0, 0.0
+    ap = float(precision[valid].mean())
+    ap50 = float(precision[0][valid[0]].mean()) if valid[0].any() else 0.0
+    return ap, ap50
 
 
-def write_outputs(
-    out: Path, images: Sequence[TruthImage], predictions: Sequence[Prediction], pixel_nm: float
-) -> None:
-    (out / "loops").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
-    for img, pred in zip(images, predictions, strict=True):
-        loops = pred.detections[
-            ["x_px", "y_px", "major_px", "minor_px", "angle_deg", "area_px", "score"]
-        ].copy()
-        for col in ("x", "y", "major", "minor"):
-            loops[f"{col}_nm"] = loops[f"{col}_px"] * pixel_nm
-        loops.index.name = "loop"
-        loops.to_csv(out / "loops" / f"{img.name}.csv", float_format="%.3f")
-        cv2.imwrite(str(out / "overlays" / f"{img.name}.png"), overlay(img, pred))
+def overlay(img: TruthImage, pred: Prediction) -> np.ndarray:
+    """BGR picture: the frame, true loop outlines in green, predicted ellipses in red."""
+    grey = cv2.normalize(img.image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    picture = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    for crop in img.masks:
+        contours, _ = cv2.findContours(
+            crop.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(crop.x0, crop.y0)
+        )
+        cv2.drawContours(picture, contours, -1, (0, 200, 0), 1)
+    for d in pred.detections.itertuples(index=False):
+        axes = (max(round(d.major_px / 2), 1), max(round(d.minor_px / 2), 1))
+        cv2.ellipse(picture, (round(d.x_px), round(d.y_px)), axes, float(d.angle_deg), 0, 360, (0, 0, 255), 1)
+    return picture
 
 
 def report(
@@ -210,75 +266,135 @@ def report(
     """Print the summary table (and COCO mask AP where the truth is COCO); with ``out``, write
     ``summary.csv`` and the per-image loop CSVs and overlays there."""
     table = score_predictions(images, predictions, pixel_nm)
-    with pd.option_context("display.width", 250, "display.max_columns", 40):
-        print(table.round(3).to_string(index=False))
     if coco is not None:
         ap, ap50 = coco_ap(coco, images, predictions)
-        print(f"COCO mask AP {100 * ap:.1f}, AP50 {100 * ap50:.1f}")
+        table.loc[table.index[-1], ["AP", "AP50"]] = [100 * ap, 100 * ap50]
+    with pd.option_context("display.width", 250, "display.max_columns", 60):
+        print(table.round(3).to_string(index=False))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        (out / "loops").mkdir(parents=True, exist_ok=True)
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "summary.csv", index=False, float_format="%.4f")
-        write_outputs(out, images, predictions, pixel_nm)
+        for img, pred in zip(images, predictions, strict=True):
+            pred.detections.to_csv(out / "loops" / f"{img.name}.csv", index_label="loop", float_format="%.9g")
+            cv2.imwrite(str(out / "overlays" / f"{img.name}.png"), overlay(img, pred))
     return table
 
 
-def overlay(img: TruthImage, pred: Prediction) -> np.ndarray:
-    """BGR picture: the frame, true loop outlines in green, predicted ellipses in red."""
-    grey = cv2.normalize(img.image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    picture = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    for mask in img.instances:
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(picture, contours, -1, (0, 200, 0), 1)
-    for d in pred.detections.itertuples(index=False):
-        axes = (max(round(d.major_px / 2), 1), max(round(d.minor_px / 2), 1))
-        cv2.ellipse(picture, (round(d.x_px), round(d.y_px)), axes, float(d.angle_deg), 0, 360, (0, 0, 255), 1)
-    return picture
+def box_truth(boxes_file: Path) -> tuple[list[TruthImage], dict[str, np.ndarray]]:
+    """Frames labelled with boxes only (``{"frames": {file: [[x0, y0, x1, y1], ...]}}``, the frames
+    in ``frames/`` beside the file, as shen2021-fecral): images and each frame's boxes."""
+    import json
+
+    labelled = json.loads(Path(boxes_file).read_text())["frames"]
+    images, boxes = [], {}
+    for name, frame_boxes in sorted(labelled.items()):
+        path = Path(boxes_file).parent / "frames" / name
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise FileNotFoundError(path)
+        images.append(TruthImage(Path(name).stem, image, []))
+        boxes[Path(name).stem] = np.asarray(frame_boxes, np.float64).reshape(-1, 4)
+    return images, boxes
 
 
-def parse_seeds(text: str) -> list[int]:
+def count_table(
+    images: Sequence[TruthImage], predictions: Sequence[Prediction], boxes: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """Per frame and pooled: labelled and predicted counts, N_re, and the F1 of predicted bounding
+    boxes matched one-to-one to labelled boxes at box IoU >= 0.5."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_iou
+
+    rows = []
+    for img, pred in zip(images, predictions, strict=True):
+        truth = boxes[img.name]
+        d = pred.detections
+        predicted = np.stack(
+            [d.bbox_x_px, d.bbox_y_px, d.bbox_x_px + d.bbox_width_px, d.bbox_y_px + d.bbox_height_px], 1
+        )
+        iou = box_iou(torch.as_tensor(truth), torch.as_tensor(predicted, dtype=torch.float64)).numpy()
+        matched = 0
+        if iou.size:
+            r, c = linear_sum_assignment(-iou)
+            matched = int(np.count_nonzero(iou[r, c] >= 0.5))
+        rows.append(dict(image=img.name, N_gt=len(truth), N_pred=len(d), matched_box=matched))
+    table = pd.DataFrame(rows)
+    total = table[["N_gt", "N_pred", "matched_box"]].sum()
+    table.loc[len(table)] = dict(image="overall", **total.to_dict())
+    table["N_re"] = (table.N_pred - table.N_gt) / table.N_gt * 100
+    table["F1_box"] = 2 * table.matched_box / (table.N_gt + table.N_pred)
+    return table
+
+
+def parse_ids(text: str) -> list[int]:
     """``"0:50"`` (a range) or ``"1,5,9"``."""
     if ":" in text:
         lo, hi = text.split(":")
         return list(range(int(lo), int(hi)))
-    return [int(t) for t in text.split(",")]
+    return [int(t) for t in text.split(",") if t.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="model.onnx or a training checkpoint")
+    p.add_argument("--pipeline", type=Path, required=True, help="pipeline version dir (holds pipeline.json)")
+    p.add_argument("--network", type=Path, help="core network file (default: the version's own core)")
     p.add_argument("--coco", type=Path, help="COCO annotation file of the images to evaluate")
     p.add_argument("--images", type=Path, help="image folder of --coco (default: imgs/ beside it)")
     p.add_argument("--ids", help="COCO image ids to evaluate (default: all)")
     p.add_argument("--tune-ids", help="COCO image ids to choose the threshold on (training images only)")
     p.add_argument("--sim-seeds", help="evaluate simulated frames of these seeds instead, e.g. 0:50")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="probability threshold")
-    p.add_argument("--pixel-nm", type=float, default=PIXEL_NM, help="pixel size (nm/px)")
+    p.add_argument("--boxes", type=Path, help="count against box labels instead (shen2021-fecral boxes.json)")
+    p.add_argument("--threshold", type=float, help="override the version's threshold")
+    p.add_argument("--pixel-nm", type=float, default=PIXEL_NM, help="pixel size of the images (nm/px)")
+    p.add_argument(
+        "--send-pixel-nm",
+        action="store_true",
+        help="give the pixel size to the pipeline, as a client does (resampled to the network's)",
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, help="folder for summary.csv, loops/ and overlays/")
+    p.add_argument("--out", type=Path, help="folder for summary.csv, loops/, overlays/, the sweep")
     args = p.parse_args(argv)
-    if (args.coco is None) == (args.sim_seeds is None):
-        p.error("give exactly one of --coco and --sim-seeds")
+    if sum(x is not None for x in (args.coco, args.sim_seeds, args.boxes)) != 1:
+        p.error("give exactly one of --coco, --sim-seeds and --boxes")
+    if args.tune_ids and args.coco is None:
+        p.error("--tune-ids needs --coco")
 
-    logits_fn: LogitsFn = load_logits_fn(args.model, args.threads)
-    coco = None
-    if args.coco is not None:
-        coco = CocoLoops(args.coco, args.images)
-        images = coco_images(coco, [int(i) for i in args.ids.split(",")] if args.ids else coco.ids)
+    pipeline, core = open_pipeline(args.pipeline, args.network, args.threads)
+    if args.threshold is not None:
+        pipeline = Pipeline(replace(pipeline.spec, threshold=args.threshold))
+    sent_nm = args.pixel_nm if args.send_pixel_nm else None
+    coco = None if args.coco is None else CocoLoops(args.coco, args.images)
+    if args.boxes is not None:
+        images, boxes = box_truth(args.boxes)
+        table = count_table(images, PipelineRun(pipeline, core, images, sent_nm).predictions(), boxes)
+        print(table.round(3).to_string(index=False))
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(args.out / "counts.csv", index=False, float_format="%.4f")
+        return
+    if coco is not None:
+        images = coco_truth(coco, parse_ids(args.ids) if args.ids else coco.ids)
     else:
-        images = simulated_images(parse_seeds(args.sim_seeds))
+        images = simulated_truth(parse_ids(args.sim_seeds))
 
-    threshold = args.threshold
     if args.tune_ids:
-        if coco is None:
-            p.error("--tune-ids needs --coco")
-        tune = coco_images(coco, [int(i) for i in args.tune_ids.split(",")])
-        threshold, sweep = tune_threshold(tune, [frame_probabilities(logits_fn, i.image) for i in tune])
+        tune = coco_truth(coco, parse_ids(args.tune_ids))
+        threshold, sweep = choose_threshold(
+            tune, PipelineRun(pipeline, core, tune, sent_nm), args.pixel_nm, GRIDS[pipeline.spec.family]
+        )
         print(sweep.round(3).to_string(index=False))
         print(f"threshold chosen on images {args.tune_ids}: {threshold}")
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            sweep.to_csv(args.out / "threshold_sweep.csv", index=False, float_format="%.4f")
+            plot_sweep(sweep, threshold, args.out / "threshold_curve.png")
+        pipeline = Pipeline(replace(pipeline.spec, threshold=threshold))
 
-    predictions = [label_probabilities(frame_probabilities(logits_fn, i.image), threshold) for i in images]
+    predictions = PipelineRun(pipeline, core, images, sent_nm).predictions()
     report(images, predictions, coco, args.pixel_nm, args.out)
-    print(f"threshold {threshold}")
+    print(f"threshold {pipeline.spec.threshold}")
 
 
 if __name__ == "__main__":

@@ -50,8 +50,13 @@ def load_instance_checkpoint(path: str | Path) -> LoopMaskRCNN:
 
 
 def export_onnx(model: LoopMaskRCNN, path: str | Path, example_px: int = 256, fp16: bool = False) -> Path:
-    """Write ``model`` as ONNX (batch 1, dynamic H / W, dynamic detections); returns the path."""
+    """Write ``model`` as ONNX (batch 1, dynamic H / W, dynamic detections); returns the path.
+
+    A model with a test-time resize (imported detectron2 configs) is traced at the serving tile,
+    512 px: its resize factor is fixed in the graph at the traced size."""
     path = Path(path)
+    if model.test_short_side > 0:
+        example_px = 512
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 1, example_px, example_px)
     torch.onnx.export(

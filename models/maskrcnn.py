@@ -75,6 +75,15 @@ class MaskRCNNSpec:
     rpn_nms_iou: float = 0.7
     rpn_pre_nms_per_level: int = 1000
     rpn_post_nms: int = 1000
+    # detectron2's ANCHOR_GENERATOR.ASPECT_RATIOS (h / w): one tuple for every RPN level, or one each
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),)
+    # FPN levels the RPN reads, in order (RPN.IN_FEATURES: creme reads p2 twice, with two anchor
+    # sizes at stride 4); () = every level of the backbone once, P2 first
+    rpn_levels: tuple[int, ...] = ()
+    # test-time resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST): short side to this many px, the
+    # long side at most test_max_side; 0 = none (our own models see native tiles)
+    test_short_side: int = 0
+    test_max_side: int = 0
 
 
 ARCHITECTURES: dict[str, MaskRCNNSpec] = {
@@ -108,8 +117,13 @@ ARCHITECTURES: dict[str, MaskRCNNSpec] = {
 class Detectron2Anchors(AnchorGenerator):
     """torchvision's anchor grid (offset 0.0, location-major) with detectron2's cell anchors and
     strides: for each size, for each aspect ratio h/w: w = sqrt(size^2 / ratio), h = ratio * w,
-    corners at +-w/2, +-h/2, not rounded; level i has the fixed stride 4 * 2^i px (torchvision
-    would infer H // feature height, which differs on P6 when H is not a multiple of 64)."""
+    corners at +-w/2, +-h/2, not rounded; each feature map has the fixed stride of its FPN level
+    (``strides``, default 4 * 2^i for the i-th map; torchvision would infer H // feature height,
+    which differs on P6 when H is not a multiple of 64). A level may appear twice (creme's p2)."""
+
+    def __init__(self, sizes, aspect_ratios, strides: tuple[int, ...] = ()) -> None:
+        super().__init__(sizes, aspect_ratios)
+        self.strides = tuple(strides) or tuple(4 * 2**i for i in range(len(sizes)))
 
     def generate_anchors(
         self,
@@ -129,9 +143,7 @@ class Detectron2Anchors(AnchorGenerator):
     def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
         grid_sizes = [f.shape[-2:] for f in feature_maps]
         device = feature_maps[0].device
-        strides = [
-            [torch.tensor(4 * 2**i, dtype=torch.int64, device=device)] * 2 for i in range(len(grid_sizes))
-        ]
+        strides = [[torch.tensor(stride, dtype=torch.int64, device=device)] * 2 for stride in self.strides]
         self.set_cell_anchors(feature_maps[0].dtype, device)
         anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
         return [anchors for _ in image_list.image_sizes]
@@ -187,13 +199,33 @@ class LoopMaskRCNN(nn.Module):
         self.register_buffer("pixel_mean", torch.zeros(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.ones(1, 3, 1, 1))
         self.backbone = _backbone(spec)
-        levels = len(spec.stages) + 1  # + P(last)+1 by max pooling
-        if len(spec.anchor_sizes) != levels:
-            raise ValueError(f"{levels} FPN levels need {levels} anchor size tuples, got {spec.anchor_sizes}")
-        anchors = Detectron2Anchors(spec.anchor_sizes, ((0.5, 1.0, 2.0),) * levels)
+        # FPN level -> backbone output: P2.. from the stages, one more by max pooling ("pool")
+        self.level_keys = {2 + i: str(i) for i in range(len(spec.stages))} | {2 + len(spec.stages): "pool"}
+        self.rpn_levels = spec.rpn_levels or tuple(self.level_keys)
+        if unknown := [level for level in self.rpn_levels if level not in self.level_keys]:
+            raise ValueError(
+                f"RPN levels {unknown} are not FPN levels of this backbone ({list(self.level_keys)})"
+            )
+        # (RPN input name, backbone output) in order: plain strings, so TorchScript can script it
+        self.rpn_inputs = [(f"p{lvl}_{i}", self.level_keys[lvl]) for i, lvl in enumerate(self.rpn_levels)]
+        self.test_short_side, self.test_max_side = spec.test_short_side, spec.test_max_side
+        n = len(self.rpn_levels)
+        if len(spec.anchor_sizes) != n:
+            raise ValueError(f"{n} RPN input levels need {n} anchor size tuples, got {spec.anchor_sizes}")
+        ratios = spec.aspect_ratios * n if len(spec.aspect_ratios) == 1 else spec.aspect_ratios
+        if len(ratios) != n:
+            raise ValueError(
+                f"{n} RPN input levels need 1 or {n} aspect-ratio tuples, got {spec.aspect_ratios}"
+            )
+        anchors = Detectron2Anchors(spec.anchor_sizes, ratios, tuple(2**level for level in self.rpn_levels))
+        per_location = set(anchors.num_anchors_per_location())
+        if len(per_location) != 1:
+            raise ValueError(
+                f"every RPN level needs the same number of anchors (sizes x ratios), got {per_location}"
+            )
         self.rpn = RegionProposalNetwork(
             anchors,
-            RPNHead(spec.fpn_channels, anchors.num_anchors_per_location()[0]),
+            RPNHead(spec.fpn_channels, per_location.pop()),
             fg_iou_thresh=0.7,
             bg_iou_thresh=0.3,
             batch_size_per_image=256,
@@ -224,16 +256,41 @@ class LoopMaskRCNN(nn.Module):
     def forward(
         self, images: Tensor, targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Training (with ``targets``): the loss dict; eval: one detection dict per image."""
+        """Training (with ``targets``): the loss dict; eval: one detection dict per image (boxes in
+        input px, also when the model resizes its input for the test)."""
         x = (images - self.pixel_mean) / self.pixel_std  # [N, 1, H, W] -> [N, 3, H, W]
+        height, width = images.shape[-2], images.shape[-1]
+        resized = not self.training and self.test_short_side > 0
+        if resized:
+            x = self._test_resize(x)
         size = x.shape[-2:]
-        image_list = ImageList(x, [(size[0], size[1])] * x.shape[0])
-        features = self.backbone(x)
-        proposals, rpn_losses = self.rpn(image_list, features, targets)
+        image_list = ImageList(_pad_to_multiple(x), [(size[0], size[1])] * x.shape[0])
+        features = self.backbone(image_list.tensors)
+        rpn_inputs: dict[str, Tensor] = OrderedDict()
+        for name, key in self.rpn_inputs:
+            rpn_inputs[name] = features[key]
+        proposals, rpn_losses = self.rpn(image_list, rpn_inputs, targets)
         detections, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
+        if resized:  # detectron2's detector_postprocess: boxes back to the input's px, per axis
+            scale = torch.tensor([width / size[1], height / size[0]] * 2, dtype=x.dtype)
+            for d in detections:
+                d["boxes"] = d["boxes"] * scale
         return detections
+
+    def _test_resize(self, x: Tensor) -> Tensor:
+        """detectron2's ResizeShortestEdge at test time (bilinear; on the normalised image, the
+        same as before normalising since both are linear): short side to ``test_short_side``,
+        the long side at most ``test_max_side``. The output side is floor(side * scale), where
+        detectron2 rounds: the same whenever the product is an integer (512 -> 800 px)."""
+        short, longest = min(x.shape[-2], x.shape[-1]), max(x.shape[-2], x.shape[-1])
+        scale = self.test_short_side / short
+        if self.test_max_side > 0 and longest * scale > self.test_max_side:
+            scale = self.test_max_side / longest
+        return nn.functional.interpolate(
+            x, scale_factor=float(scale), mode="bilinear", align_corners=False, recompute_scale_factor=True
+        )
 
 
 class SingleImageExport(nn.Module):
@@ -247,6 +304,12 @@ class SingleImageExport(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         detections = self.model(image)[0]
         return detections["boxes"], detections["scores"], detections["masks"][:, 0]
+
+
+def _pad_to_multiple(x: Tensor) -> Tensor:
+    """Zero padding (after normalisation, as detectron2 pads) to multiples of the FPN's stride 32."""
+    pad_h, pad_w = -x.shape[-2] % SIZE_MULTIPLE_PX, -x.shape[-1] % SIZE_MULTIPLE_PX
+    return nn.functional.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
 def _backbone(spec: MaskRCNNSpec) -> BackboneWithFPN:

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loopstream.models.augment import augment, random_crop
-from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
+from loopstream.models.augment import augment, random_crop, rescaled_crop
+from loopstream.models.datasets import CocoLoops, PolygonImage, Sample, polygon_images, simulated_sample
 from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
 from loopstream.models.train import TRAIN_SEEDS, parse_ids
@@ -58,9 +58,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run directory (last.pt, metrics.csv)")
     p.add_argument("--arch", default="maskrcnn_r18", help="loopstream.models.maskrcnn architecture")
-    p.add_argument("--coco", type=Path, help="COCO annotation file of real training images")
-    p.add_argument("--images", type=Path, help="image folder of --coco (default: imgs/ beside it)")
-    p.add_argument("--exclude-ids", help="COCO image ids never read (held-out test images), e.g. 3,7,11")
+    p.add_argument(
+        "--coco",
+        type=Path,
+        action="append",
+        default=[],
+        help="COCO annotation file of real training images (repeat for several datasets; each is "
+        "drawn equally often); its images are read from imgs/ beside it, else its own folder",
+    )
+    p.add_argument(
+        "--exclude-ids",
+        action="append",
+        default=[],
+        help="COCO image ids never read (held-out images), one per --coco in the same order, e.g. 3,7,11",
+    )
+    p.add_argument(
+        "--rescale",
+        type=float,
+        nargs=2,
+        default=(0.5, 2.0),
+        metavar=("MIN", "MAX"),
+        help="range of the random rescale of real crops (log-uniform): loops seen at 0.5x-2x",
+    )
     p.add_argument("--sim-fraction", type=float, default=0.5, help="share of frames from the simulator")
     p.add_argument("--crop-px", type=int, default=256, help="side of training crops and simulated frames")
     p.add_argument("--batch-size", type=int, default=2)
@@ -78,8 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.sim_fraction < 1.0 and args.coco is None:
+    if args.sim_fraction < 1.0 and not args.coco:
         p.error("--sim-fraction < 1 needs --coco")
+    if len(args.exclude_ids) > len(args.coco):
+        p.error("give at most one --exclude-ids per --coco, in the same order")
+    args.exclude_ids += [""] * (len(args.coco) - len(args.exclude_ids))
     if args.init is not None and args.init_encoder is not None:
         p.error("--init already sets every weight; --init-encoder would overwrite the backbone's")
     return args
@@ -102,13 +124,20 @@ def instance_target(masks: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def training_pair(
-    sample: Sample, crop_px: int, rng: np.random.Generator
+    sample: Sample | PolygonImage, args: argparse.Namespace, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """Augmented, standardised crop of a sample and its instance target."""
-    masks = np.stack(sample.instances).astype(np.uint8) if sample.instances else None
-    if masks is None:
-        masks = np.zeros((0, *sample.image.shape), np.uint8)
-    image, masks = random_crop(*augment(sample.image, masks, rng), crop_px, rng)
+    """Augmented, standardised crop of a sample and its instance target; real frames are
+    rescaled by a random factor in ``--rescale`` first."""
+    if isinstance(sample, PolygonImage):
+        image, masks = rescaled_crop(
+            sample.image, sample.polygons, sample.boxes, args.crop_px, args.rescale, rng
+        )
+    else:
+        image = sample.image
+        masks = np.stack(sample.instances).astype(np.uint8) if sample.instances else None
+        if masks is None:
+            masks = np.zeros((0, *sample.image.shape), np.uint8)
+    image, masks = random_crop(*augment(image, masks, rng), args.crop_px, rng)
     return image, instance_target(masks)
 
 
@@ -141,11 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    real: list[Sample] = []
-    if args.coco is not None:
-        coco = CocoLoops(args.coco, args.images, exclude_ids=parse_ids(args.exclude_ids))
-        real = coco.samples()
-        print(f"real training images: {[s.name for s in real]}")
+    real: list[list[PolygonImage]] = []
+    for coco_file, exclude in zip(args.coco, args.exclude_ids, strict=True):
+        real.append(polygon_images(CocoLoops(coco_file, exclude_ids=parse_ids(exclude))))
+        print(f"real training images of {coco_file}: {[s.name for s in real[-1]]}")
     header = {"arch": args.arch}
     model = build_maskrcnn(args.arch)
     if args.init is not None:
@@ -158,11 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.resume and args.init_encoder is not None:
         print(f"backbone tensors from {args.init_encoder}: {init_encoder(model, args.init_encoder)}")
 
-    def sample() -> Sample:
+    def sample() -> Sample | PolygonImage:
         if not real or rng.random() < args.sim_fraction:
             px = args.crop_px
             return simulated_sample(int(rng.integers(*TRAIN_SEEDS)), rng, (px, px))
-        return real[int(rng.integers(len(real)))]
+        dataset = real[int(rng.integers(len(real)))]
+        return dataset[int(rng.integers(len(dataset)))]
 
     model.train()
     if args.init is not None:
@@ -171,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(total=args.steps, initial=run.step, unit="step") as bar:
         while not run.done:
             lr = run.set_learning_rate()
-            pairs = [training_pair(sample(), args.crop_px, rng) for _ in range(args.batch_size)]
+            pairs = [training_pair(sample(), args, rng) for _ in range(args.batch_size)]
             images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
             losses = model(images, [p[1] for p in pairs])
             loss = sum(losses.values())

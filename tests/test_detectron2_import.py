@@ -222,3 +222,105 @@ def test_cli_writes_a_loadable_model(imported, tmp_path):
     assert model.pixel_mean.flatten().tolist() == [150.0] * 3
     for a, b in zip(model.state_dict().values(), imported[1].state_dict().values(), strict=True):
         assert a.shape == b.shape
+
+
+CREME_CONFIG = """\
+MODEL:
+  META_ARCHITECTURE: GeneralizedRCNN
+  MASK_ON: true
+  PIXEL_MEAN: [149.6, 149.6, 149.6]
+  PIXEL_STD: [35.6, 35.6, 35.6]
+  ANCHOR_GENERATOR:
+    SIZES: [[8], [16], [32], [64], [128], [256]]
+    ASPECT_RATIOS: [[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0]]
+    OFFSET: 0.0
+  RESNETS:
+    DEPTH: 50
+    STRIDE_IN_1X1: true
+  RPN:
+    IN_FEATURES: [p2, p2, p3, p4, p5, p6]
+    PRE_NMS_TOPK_TEST: 4000
+    POST_NMS_TOPK_TEST: 2000
+    NMS_THRESH: 0.7
+  ROI_HEADS:
+    NUM_CLASSES: 1
+    IN_FEATURES: [p2, p3, p4, p5]
+    SCORE_THRESH_TEST: 0.05
+    NMS_THRESH_TEST: 0.5
+INPUT:
+  MIN_SIZE_TEST: 800
+  MAX_SIZE_TEST: 1333
+TEST:
+  DETECTIONS_PER_IMAGE: 6
+"""
+
+
+def creme_r50_fpn_state() -> dict[str, torch.Tensor]:
+    """creme's layout: one anchor size per RPN input, 7 aspect ratios, so the RPN head predicts
+    7 objectness logits and 28 deltas per location (detectron2's default has 3 and 12)."""
+    state = detectron2_r50_fpn_state()
+    g = torch.Generator().manual_seed(1)
+    for name, out_c in (("objectness_logits", 7), ("anchor_deltas", 28)):
+        state[f"proposal_generator.rpn_head.{name}.weight"] = (
+            torch.randn(out_c, 256, 1, 1, generator=g) * 0.01
+        )
+        state[f"proposal_generator.rpn_head.{name}.bias"] = torch.randn(out_c, generator=g) * 0.01
+    return state
+
+
+@pytest.fixture(scope="module")
+def creme_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("creme")
+    torch.save({"model": creme_r50_fpn_state(), "iteration": 1}, folder / "model_final.pth")
+    (folder / "config.yaml").write_text(CREME_CONFIG)
+    return folder
+
+
+def test_cremes_own_configuration_imports_as_creme_runs_it(creme_checkpoint):
+    path, config = creme_checkpoint / "model_final.pth", creme_checkpoint / "config.yaml"
+    with pytest.raises(CheckpointError, match="anchors per location"):
+        import_checkpoint(path)  # detectron2's default anchors: 3 per location, not creme's 7
+    model, extras = import_checkpoint(path, config=config)
+    assert model.rpn_levels == (2, 2, 3, 4, 5, 6)
+    generator = model.rpn.anchor_generator
+    assert generator.strides == (4, 4, 8, 16, 32, 64), "p2 twice, both at stride 4"
+    assert generator.num_anchors_per_location() == [7] * 6
+    widths = [float(c[3, 2] - c[3, 0]) for c in generator.cell_anchors]  # ratio 1.0
+    assert widths == pytest.approx([8, 16, 32, 64, 128, 256])
+    tall = generator.cell_anchors[0][6]  # ratio 10: h = 10 w, area 8^2
+    assert float((tall[3] - tall[1]) / (tall[2] - tall[0])) == pytest.approx(10.0)
+    assert model.rpn._pre_nms_top_n["testing"] == 4000 and model.rpn._post_nms_top_n["testing"] == 2000
+    assert model.roi_heads.detections_per_img == 6 and extras["spec_overrides"]["test_short_side"] == 800
+
+
+def test_the_test_time_resize_runs_the_network_at_800_px_and_maps_boxes_back(creme_checkpoint):
+    model, _ = import_checkpoint(
+        creme_checkpoint / "model_final.pth", config=creme_checkpoint / "config.yaml"
+    )
+    seen: list[tuple[int, ...]] = []
+    hook = model.backbone.register_forward_hook(lambda _m, inputs, _o: seen.append(tuple(inputs[0].shape)))
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 512, 512) * 255)[0]
+    hook.remove()
+    assert seen == [(1, 3, 800, 800)], "detectron2's MIN_SIZE_TEST: 512 px tiles run at 800 px"
+    assert len(out["boxes"]) > 0 and float(out["boxes"].max()) <= 512.0 + 1e-3, "boxes in the tile's px"
+
+
+def test_configs_the_import_cannot_reproduce_fail_clearly(creme_checkpoint, tmp_path):
+    path = creme_checkpoint / "model_final.pth"
+    (tmp_path / "offset.yaml").write_text(CREME_CONFIG.replace("OFFSET: 0.0", "OFFSET: 0.5"))
+    with pytest.raises(CheckpointError, match=r"OFFSET is 0\.5"):
+        import_checkpoint(path, config=tmp_path / "offset.yaml")
+    (tmp_path / "base.yaml").write_text("_BASE_: ../Base-RCNN-FPN.yaml\n")
+    with pytest.raises(CheckpointError, match="full config"):
+        import_checkpoint(path, config=tmp_path / "base.yaml")
+
+
+def test_cli_with_the_config_writes_a_model_that_rebuilds_the_same(creme_checkpoint, tmp_path):
+    from loopstream.models.export_instance import load_instance_checkpoint
+
+    folder = creme_checkpoint
+    main([str(folder / "model_final.pth"), "--config", str(folder / "config.yaml"), "--out", str(tmp_path)])
+    model = load_instance_checkpoint(tmp_path / "model.pt")
+    assert model.rpn_levels == (2, 2, 3, 4, 5, 6) and model.test_short_side == 800
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [7] * 6

@@ -14,17 +14,17 @@ import pytest
 from loopstream.core import measures
 from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.imaging import tile_grid
+from loopstream.serving.frames import prepare_frame
 from loopstream.serving.instance_merge import (
-    InstancePipelineConfig,
     TileDetections,
-    detections_from_instances,
     frame_instances,
     label_instances,
     owned_regions,
-    prepare_frame,
     suppress_duplicates,
     tile_instances,
 )
+from loopstream.serving.pipelines import Pipeline
+from loopstream.serving.spec import PipelineSpec
 
 FRAME_PX = 2048
 
@@ -67,16 +67,26 @@ def frame() -> tuple[np.ndarray, int]:
     return image, n_loops
 
 
-def instances_of(image: np.ndarray, config: InstancePipelineConfig):
-    prepared = prepare_frame(image, config)
+def instance_spec(**settings) -> PipelineSpec:
+    return PipelineSpec(family="instance", min_area_px=6, **settings)
+
+
+def oracle_core(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``blob_oracle`` behind the core network's interface (one tile per request)."""
+    found = blob_oracle(inputs["image"])
+    return {"boxes": found.boxes, "scores": found.scores, "mask_probs": found.mask_probs}
+
+
+def instances_of(image: np.ndarray, config: PipelineSpec):
+    prepared = prepare_frame(image, config.tile_px, config.overlap_px)
     outputs = [blob_oracle(prepared.tiles_input[i : i + 1]) for i in range(len(prepared.tiles))]
     return frame_instances(outputs, prepared, config)
 
 
 def test_tiled_frame_gives_the_loops_of_the_untiled_frame(frame):
     image, n_loops = frame
-    untiled = instances_of(image, InstancePipelineConfig(tile_px=FRAME_PX))
-    tiled = instances_of(image, InstancePipelineConfig(tile_px=512, overlap_px=64))
+    untiled = instances_of(image, instance_spec(tile_px=FRAME_PX))
+    tiled = instances_of(image, instance_spec(tile_px=512, overlap_px=64))
     assert len(untiled) == n_loops
     assert len(tiled) == n_loops  # nothing lost, nothing duplicated at the borders
     truth = label_instances(untiled, image.shape)
@@ -88,10 +98,7 @@ def test_tiled_frame_gives_the_loops_of_the_untiled_frame(frame):
 
 def test_detections_have_the_common_columns(frame):
     image, _ = frame
-    config = InstancePipelineConfig()
-    prepared = prepare_frame(image[:700, :900], config)
-    tiles = [blob_oracle(prepared.tiles_input[i : i + 1]) for i in range(len(prepared.tiles))]
-    det = detections_from_instances(frame_instances(tiles, prepared, config))
+    det = Pipeline(instance_spec()).analyse(image[:700, :900], oracle_core)
     assert list(det.columns) == LOOP_COLUMNS and len(det) > 10
     assert (det.major_px >= det.minor_px).all() and det.area_px.min() >= 6
 
@@ -108,7 +115,7 @@ def test_owned_regions_partition_the_frame():
 def test_cut_copy_outside_the_owned_region_is_dropped():
     from loopstream.core.imaging import Tile
 
-    config = InstancePipelineConfig()
+    config = instance_spec()
     probs = np.ones((1, 28, 28), np.float32)
     # a loop cut by the tile's right edge: its box centre (x = 500) is right of the seam at 480
     cut = TileDetections(np.array([[490.0, 100.0, 512.0, 140.0]]), np.array([0.9]), probs)

@@ -26,8 +26,7 @@ import pytest
 import torch
 
 from loopstream.models.datasets import CocoLoops
-from loopstream.models.evaluate import coco_images, score_predictions
-from loopstream.models.evaluate_instance import prediction, tile_outputs
+from loopstream.models.evaluate import PIXEL_NM, PipelineRun, coco_truth, open_pipeline
 from loopstream.models.export_instance import onnx_tile_fn
 from loopstream.models.export_torchscript import (
     instance_eager,
@@ -40,7 +39,8 @@ from loopstream.models.export_torchscript import (
     semantic_differences,
 )
 from loopstream.models.predict import onnx_logits, torch_logits
-from loopstream.serving.pipelines import Pipeline, PipelineSpec
+from loopstream.models.scoring import score_predictions
+from loopstream.serving.pipelines import PipelineSpec
 from tests.conftest import CREME, CREME_IMAGE, REPOSITORY, ROOT, default_version
 
 torch.set_num_threads(2)
@@ -93,9 +93,8 @@ def test_shipped_network_matches_its_weights_in_every_runtime(checkpoint: Path) 
 
 @pytest.mark.skipif(not CREME.exists(), reason=f"no creme-ds25s data at {CREME}")
 def test_the_default_instance_model_finds_held_out_loops() -> None:
-    spec, onnx = _served("loops_instance", default_version("loops_instance"))
-    config, run = Pipeline(spec).config, onnx_tile_fn(onnx)
-    images = coco_images(CocoLoops(CREME), HELD_OUT_IDS)
-    predictions = [prediction(*tile_outputs(run, i.image, config, raw_input=False), config) for i in images]
-    overall = score_predictions(images, predictions).iloc[-1]
+    pipeline, core = open_pipeline(REPOSITORY / "loops_instance" / default_version("loops_instance"))
+    images = coco_truth(CocoLoops(CREME), HELD_OUT_IDS)
+    predictions = PipelineRun(pipeline, core, images, PIXEL_NM).predictions()
+    overall = score_predictions(images, predictions, PIXEL_NM).iloc[-1]
     assert overall["F1"] > 0.3 and overall["P1"] > 85.0 and overall["P2"] > 60.0, overall

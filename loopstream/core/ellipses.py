@@ -227,18 +227,43 @@ def mask_crops(labels: np.ndarray) -> list[MaskCrop]:
 def ellipse_of_contour(contour: np.ndarray) -> tuple[float, float, float, float, float]:
     """(x, y, major, minor, angle_deg) of a contour; full axes, angle of the major axis from +x.
 
-    ``cv2.fitEllipse`` needs 5 points: smaller regions get a circle spanning their extent.
+    The ellipse is ``cv2.fitEllipse``'s. A contour it cannot fit (``ellipse_fit_is_degenerate``:
+    fewer than 5 points, collinear, a non-finite or absurdly long fit) is measured by its
+    minimum-area rectangle instead: axes its sides + 1 px (pixels have extent), angle its angle.
+
+    >>> line = np.array([[[x, 3]] for x in range(10)], np.int32)  # collinear: fitEllipse gives NaN
+    >>> [round(v, 1) for v in ellipse_of_contour(line)]
+    [4.5, 3.0, 10.0, 1.0, 0.0]
     """
-    if len(contour) >= 5:
+    if not ellipse_fit_is_degenerate(contour):
         (x, y), (w, h), angle = cv2.fitEllipse(contour)
         w, h = max(w, 1.0), max(h, 1.0)  # a one-pixel-wide region still has a width of one pixel
-        if w >= h:
-            return float(x), float(y), float(w), float(h), float(angle % 180.0)
-        return float(x), float(y), float(h), float(w), float((angle + 90.0) % 180.0)
-    pts = contour.reshape(-1, 2).astype(np.float64)
-    x, y = pts.mean(axis=0)
-    spread = max(float(np.ptp(pts[:, 0])), float(np.ptp(pts[:, 1])), 1.0) + 1.0
-    return float(x), float(y), spread, spread, 0.0
+        return _major_first(x, y, w, h, angle)
+    (x, y), (w, h), angle = cv2.minAreaRect(contour.reshape(-1, 1, 2).astype(np.float32))
+    return _major_first(x, y, w + 1.0, h + 1.0, angle)
+
+
+def ellipse_fit_is_degenerate(contour: np.ndarray) -> bool:
+    """True when ``cv2.fitEllipse`` gives no honest ellipse for the contour: fewer than 5 points,
+    all points on one line, or a fit that is not finite or whose major axis exceeds twice the
+    points' own longest extent + 1 px (a near-collinear contour fits axes of thousands of px)."""
+    points = contour.reshape(-1, 2).astype(np.float64)
+    if len(points) < 5:
+        return True
+    centred = points - points.mean(axis=0)
+    if np.linalg.matrix_rank(centred, tol=1e-6) < 2:
+        return True
+    _, (w, h), _ = cv2.fitEllipse(contour.reshape(-1, 1, 2).astype(np.float32))
+    extent = float(np.hypot(*np.ptp(points, axis=0))) + 1.0
+    return not (np.isfinite(w) and np.isfinite(h)) or max(w, h) > 2.0 * extent
+
+
+def _major_first(
+    x: float, y: float, w: float, h: float, angle: float
+) -> tuple[float, float, float, float, float]:
+    if w >= h:
+        return float(x), float(y), float(w), float(h), float(angle % 180.0)
+    return float(x), float(y), float(h), float(w), float((angle + 90.0) % 180.0)
 
 
 def _region_slices(labels: np.ndarray):

@@ -98,7 +98,11 @@ class TorchScriptModel:
 
 
 def open_core(version_dir: Path, intra_op_threads: int = 2) -> OnnxModel | TorchScriptModel:
-    """The network of a core version directory, whichever format it was exported to."""
+    """The network of a core version directory (or a network file), whichever format it was
+    exported to."""
+    if Path(version_dir).is_file():
+        runtime = OnnxModel if core_format(version_dir) == "onnx" else TorchScriptModel
+        return runtime(Path(version_dir), intra_op_threads)
     for fmt, name in CORE_FILES.items():
         if (Path(version_dir) / name).exists():
             runtime = OnnxModel if fmt == "onnx" else TorchScriptModel

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from loopstream.core.imaging import Tile, cut_tiles, fitted_tile_px, standardise, tile_grid
@@ -36,6 +37,8 @@ class PreparedFrame:
     tiles: list[Tile]
     tiles_input: np.ndarray  # [N, 1, tile, tile] float32, standardised
     image: np.ndarray  # [H, W] float32, the whole normalised frame: detections are checked on it
+    scale: float = 1.0  # network px per frame px: the frame was resampled by it before tiling
+    frame_shape: tuple[int, int] = (0, 0)  # the frame's own shape (``shape`` is the resampled one)
 
 
 def validate_frame(frame: np.ndarray) -> None:
@@ -75,13 +78,29 @@ NORMALISATIONS = {"standardise": standardise, "counts_8bit": counts_8bit}
 
 
 def prepare_frame(
-    frame: np.ndarray, tile_px: int, overlap_px: int, normalisation: str = "standardise", stride_px: int = 0
+    frame: np.ndarray,
+    tile_px: int,
+    overlap_px: int,
+    normalisation: str = "standardise",
+    scale: float = 1.0,
+    stride_px: int = 0,
 ) -> PreparedFrame:
-    """Validate, normalise the whole frame (per-frame standardisation by default), then cut tiles;
-    with ``stride_px``, a frame smaller than a tile gets one tile just large enough."""
+    """Validate, resample by ``scale`` (to the network's pixel size), normalise the whole frame
+    (per-frame standardisation by default), then cut tiles; with ``stride_px``, a frame smaller
+    than a tile gets one tile just large enough."""
     validate_frame(frame)
+    source_shape = frame.shape
+    if scale != 1.0:
+        size = (max(round(frame.shape[1] * scale), 1), max(round(frame.shape[0] * scale), 1))
+        if max(size) > MAX_SIDE_PX or min(size) < MIN_SIDE_PX:
+            raise FrameError(
+                f"frame of {frame.shape[0]} x {frame.shape[1]} px would be {size[1]} x {size[0]} px at "
+                f"the network's pixel size (x{scale:.3g}); each side must stay between {MIN_SIDE_PX} "
+                f"and {MAX_SIDE_PX} px: bin or crop the frame on the client"
+            )
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     if stride_px:
         tile_px = fitted_tile_px(frame.shape, tile_px, stride_px)
     tiles = tile_grid(frame.shape, tile_px, overlap_px)
     image = NORMALISATIONS[normalisation](frame)
-    return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image)
+    return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image, scale, source_shape)

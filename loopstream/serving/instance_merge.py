@@ -12,20 +12,25 @@ Merging, so that a loop is found once and whole:
    (split at the middle of each overlap, the seams of ``loopstream.core.imaging.stitch``). A loop cut
    by a tile edge is seen whole by the neighbour that owns its centre; the cut copy's box centre
    sits on the far side of the seam for any loop up to the overlap (64 px) across.
-2. Greedy mask-IoU NMS across tiles (highest score first, IoU > ``nms_iou`` suppressed) removes
-   what step 1 cannot: a loop whose box centre jitters across a seam between two tiles' views,
-   or a cut copy of a loop larger than the overlap (it covers > 64 / D of the loop).
+2. Greedy mask-IoU NMS over the whole frame after the tiles are merged (highest score first,
+   IoU > the spec's ``nms_iou`` suppressed): one loop, one detection. It removes duplicates that
+   survive the network's box NMS within a tile, and what step 1 cannot: a loop whose box centre
+   jitters across a seam between two tiles' views, or a cut copy of a loop larger than the
+   overlap (it covers > 64 / D of the loop).
 
 Masks are pasted detectron2's way (``paste_mask``): bilinear sampling of the 28 x 28
 probabilities at pixel centres inside the box (``grid_sample``, ``align_corners=False``, zero
 outside), within the box grown by 1 px, then ``>= 0.5``. Each instance's ellipse is
-``loopstream.core.ellipses.ellipse_of_contour`` of its largest outer contour.
+``loopstream.core.ellipses.ellipse_of_contour`` of its largest outer contour. Every threshold
+(score, mask, NMS IoU, minimum area) is the version's ``PipelineSpec`` (``pipeline.json``).
 
 Examples
 --------
 >>> import numpy as np
->>> config = InstancePipelineConfig(tile_px=256, overlap_px=32)
->>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), config)
+>>> from loopstream.serving.frames import prepare_frame
+>>> from loopstream.serving.spec import PipelineSpec
+>>> config = PipelineSpec(family="instance", tile_px=256, overlap_px=32)
+>>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), config.tile_px, config.overlap_px)
 >>> prepared.tiles_input.shape
 (4, 1, 256, 256)
 >>> probs = np.ones((1, 28, 28), np.float32)
@@ -41,6 +46,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -50,17 +56,9 @@ from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.ellipses import ellipse_of_contour, empty_detections
 from loopstream.core.imaging import Tile
 from loopstream.serving.frames import PreparedFrame
-from loopstream.serving.frames import prepare_frame as prepare_tiles
 
-
-@dataclass(frozen=True)
-class InstancePipelineConfig:
-    tile_px: int = 512  # a multiple of 32 (the model's stride)
-    overlap_px: int = 64  # >= the largest loop's diameter, so each loop is whole in one tile
-    score_threshold: float = 0.5  # on the box score
-    mask_threshold: float = 0.5  # on the pasted mask probability (detectron2's value)
-    nms_iou: float = 0.5  # mask IoU above which detections from different tiles are one loop
-    min_area_px: int = 6  # a pasted mask smaller than this is no loop
+if TYPE_CHECKING:
+    from loopstream.serving.spec import PipelineSpec
 
 
 @dataclass(frozen=True)
@@ -90,10 +88,6 @@ class Instance:
     def window(self) -> tuple[int, int, int, int]:
         """(y0, x0, y1, x1), end exclusive."""
         return self.y0, self.x0, self.y0 + self.mask.shape[0], self.x0 + self.mask.shape[1]
-
-
-def prepare_frame(frame: np.ndarray, config: InstancePipelineConfig) -> PreparedFrame:
-    return prepare_tiles(frame, config.tile_px, config.overlap_px)
 
 
 def _bilinear_weights(start: int, stop: int, lo: float, hi: float, m: int) -> np.ndarray:
@@ -150,7 +144,7 @@ def tile_instances(
     tile: Tile,
     owned: tuple[int, int, int, int],
     shape: tuple[int, int],
-    config: InstancePipelineConfig,
+    config: PipelineSpec,
 ) -> list[Instance]:
     """The loops of one tile whose box centre lies in the tile's owned region, in frame px."""
     r0, c0, r1, c1 = owned
@@ -158,7 +152,7 @@ def tile_instances(
     out = []
     for box, score, probs in zip(detections.boxes, detections.scores, detections.mask_probs, strict=True):
         cx, cy = tile.x0 + (box[0] + box[2]) / 2, tile.y0 + (box[1] + box[3]) / 2
-        if score < config.score_threshold or not (r0 <= cy < r1 and c0 <= cx < c1):
+        if score < config.threshold or not (r0 <= cy < r1 and c0 <= cx < c1):
             continue
         y0, x0, mask = paste_mask(probs, box, visible, config.mask_threshold)
         if np.count_nonzero(mask) < config.min_area_px:
@@ -197,7 +191,7 @@ def suppress_duplicates(instances: Sequence[Instance], iou: float) -> list[Insta
 
 
 def frame_instances(
-    tile_outputs: Sequence[TileDetections], prepared: PreparedFrame, config: InstancePipelineConfig
+    tile_outputs: Sequence[TileDetections], prepared: PreparedFrame, config: PipelineSpec
 ) -> list[Instance]:
     """The loops of a frame from its tiles' model outputs (order of ``prepared.tiles``)."""
     owned = owned_regions(prepared.tiles, prepared.shape)
@@ -235,7 +229,7 @@ def label_instances(instances: Sequence[Instance], shape: tuple[int, int]) -> np
 
 
 def frame_detections(
-    tile_outputs: Sequence[TileDetections], prepared: PreparedFrame, config: InstancePipelineConfig
+    tile_outputs: Sequence[TileDetections], prepared: PreparedFrame, config: PipelineSpec
 ) -> pd.DataFrame:
     """Detections (``loopstream.core.detections.LOOP_COLUMNS``) of a frame from its tiles' outputs."""
     return detections_from_instances(frame_instances(tile_outputs, prepared, config))

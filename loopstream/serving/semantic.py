@@ -11,7 +11,8 @@ Examples
 >>> import numpy as np
 >>> from loopstream.serving.frames import prepare_frame
 >>> prepared = prepare_frame(np.zeros((300, 400), np.uint16), tile_px=256, overlap_px=32)
->>> config = SemanticPipelineConfig(tile_px=256, overlap_px=32)
+>>> from loopstream.serving.spec import PipelineSpec
+>>> config = PipelineSpec(tile_px=256, overlap_px=32)
 >>> logits = list(np.full((4, 2, 256, 256), -5.0, np.float32))
 >>> detections, masks = finish_frame(logits, prepared, config, with_masks=True)
 >>> len(detections), len(masks)
@@ -20,7 +21,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,20 +31,12 @@ from loopstream.core.imaging import Mosaic
 from loopstream.core.masks import MaskCrop
 from loopstream.serving.frames import PreparedFrame
 
-
-@dataclass(frozen=True)
-class SemanticPipelineConfig:
-    tile_px: int = 512
-    overlap_px: int = 64  # > the largest loop's diameter in px, so each loop is whole in one tile
-    threshold: float = 0.5  # on the sigmoid probability of both channels
-    min_area_px: int = 12
+if TYPE_CHECKING:
+    from loopstream.serving.spec import PipelineSpec
 
 
 def finish_frame(
-    logits: list[np.ndarray],
-    prepared: PreparedFrame,
-    config: SemanticPipelineConfig,
-    with_masks: bool = False,
+    logits: list[np.ndarray], prepared: PreparedFrame, config: PipelineSpec, with_masks: bool = False
 ) -> tuple[pd.DataFrame, list[MaskCrop]]:
     """Detections (``loopstream.core.detections.LOOP_COLUMNS``) and, when asked, their masks, from
     the logits [2, tile, tile] of each tile."""

@@ -4,10 +4,13 @@ Linked by the repository builder as ``<pipeline>/<version>/model.py``. Settings 
 version's ``pipeline.json``; the core network is called at the same version number, so versions
 of a pipeline are whole (network + post-processing) and can be served side by side. The core
 requests of a frame go out concurrently, so Triton batches them with other frames' tiles (or, for
-networks exported with batch 1, runs them on parallel instances).
+networks exported with batch 1, runs them on parallel instances). A request may carry the
+parameter ``pixel_nm`` (the frame's pixel size, set by the client from its session): the pipeline
+then analyses the frame at its network's pixel size (``PipelineSpec.pixel_nm``).
 """
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ class TritonPythonModel:
         try:
             given = [pb_utils.get_input_tensor_by_name(request, n) for n in ("FRAME_U8", "FRAME_U16")]
             frame = select_frame(*(None if t is None else t.as_numpy() for t in given))
-            prepared = self.pipeline.prepare(frame)
+            prepared = self.pipeline.prepare(frame, request_pixel_nm(request))
         except FrameError as exc:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
@@ -65,3 +68,15 @@ class TritonPythonModel:
             requested_output_names=list(self.pipeline.tensors.outputs),
             inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
         ).async_exec()
+
+
+def request_pixel_nm(request) -> float | None:
+    """The request's ``pixel_nm`` parameter (a number, in nm/px), or None when it has none."""
+    value = json.loads(request.parameters() or "{}").get("pixel_nm")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        message = f"request parameter pixel_nm is {value!r}; send the pixel size as a number (nm/px)"
+        raise FrameError(message) from exc
