@@ -79,7 +79,7 @@ class InferenceStream(ReconnectingStream):
     def submit(self, frame: Frame) -> None:
         """Send one frame; blocks while ``max_in_flight`` frames are unanswered."""
         if frame.image.dtype.name not in INPUT_OF_DTYPE or frame.image.ndim not in (2, 3):
-            self.on_result(FrameResult(frame, None, _bad_frame_message(frame), 0.0, 0))
+            self.on_result(FrameResult(frame, None, _bad_frame_message(frame), 0.0))
             return
         with self._cond:
             self._wait_locked(lambda: len(self._pending) >= self.max_in_flight or self._broken is not None)

@@ -131,7 +131,7 @@ class MicroscopeSession:
             max_in_flight=endpoints.max_in_flight,
             reconnect_timeout_s=endpoints.reconnect_timeout_s,
             shared_memory=endpoints.shared_memory,
-            pixel_nm=self.session.pixel_size_nm,
+            pixel_nm=self.session.spec.pixel_size_nm,
         )
         self._join = ShadowJoin(self._forward)
         self._candidate: InferenceStream | None = None
@@ -143,7 +143,7 @@ class MicroscopeSession:
                 model_version=self.session.shadow_model_version,
                 max_in_flight=endpoints.max_in_flight,
                 reconnect_timeout_s=endpoints.reconnect_timeout_s,
-                pixel_nm=self.session.pixel_size_nm,
+                pixel_nm=self.session.spec.pixel_size_nm,
             )
         self._gate = FrameGate(self._analyse, endpoints.policy, endpoints.buffer_frames, endpoints.target_fps)
         self._started = time.monotonic()
