@@ -506,7 +506,8 @@ def test_ab_policy_with_shadow_is_a_policy_the_tracker_accepts(chart):
 
 def test_existing_token_secret_is_used_and_not_created(chart):
     objs = objects(render(chart, {"tracker": {"auth": {"existingSecret": "facility-token"}}}))
-    assert find(objs, "Secret") == []
+    # The only Secret left is Triton's admin header (issue 14): no tracker token is generated.
+    assert [s["metadata"]["name"] for s in find(objs, "Secret")] == [f"{PREFIX}-triton-admin"]
     volumes = {v["name"]: v for v in tracker(objs)["spec"]["template"]["spec"]["volumes"]}
     assert volumes["token"]["secret"]["secretName"] == "facility-token"
 
