@@ -27,7 +27,7 @@ from loopstream.tracker.client import TrackerClient
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
-SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"  # loopstream/data/samples
 SAMPLE_PIXEL_SIZE_NM = 200.0 / 512  # creme-ds25s: 200 nm field of view on 512 px
 PREVIEW_EVERY = 5  # frames between the previews the demo sends to the live view
 
