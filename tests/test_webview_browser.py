@@ -106,9 +106,11 @@ def test_pages_follow_a_live_run(stack: LocalStack, browser) -> None:
             lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-session-id="{sid}"]'), "its row"
         )[0]
         assert "browser-scope" in row.text
-        wait_for(
+        wait_for(  # its own row's: sessions of other tests on the shared stack are listed too
             lambda: browser.execute_script(
-                "const i = document.querySelector('img.thumb'); return i && i.complete && i.naturalWidth;"
+                "const i = document.querySelector(`tr[data-session-id='${arguments[0]}'] img.thumb`);"
+                "return i && i.complete && i.naturalWidth;",
+                sid,
             ),
             "the session's thumbnail",
         )
