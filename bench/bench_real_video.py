@@ -49,9 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data")) / "shen2021-fecral"
 FAMILIES = {"instance": pb.MODEL_FAMILY_INSTANCE, "semantic": pb.MODEL_FAMILY_SEMANTIC}
 N_FRAMES = 400
-# The source states neither: counts, correlations and AP do not depend on them; densities (per
-# um^2) and rates (per s) scale with them. Pass the real values when known.
-ASSUMED_PIXEL_SIZE_NM = 1.0
+# The source states neither. The pipelines resample a frame to the pixel size their network was
+# trained at, so an assumed size would rescale the video by a guess (1 nm/px: 2.56x larger, 7x the
+# tiles, several times the loops): the default is the shipped networks' own pixel size, i.e. the
+# frames are analysed as they are. Densities (per um^2) and rates (per s) scale with these; pass
+# the real values when known.
+ASSUMED_PIXEL_SIZE_NM = 0.390625  # PipelineSpec.pixel_nm of loops_instance / loops_semantic
 ASSUMED_FRAME_INTERVAL_S = 1.0
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.simulator import SimulatedMicroscope
-from loopstream.tracker.validation import LOOP_COLUMNS
 
 
 @dataclass(frozen=True)
