@@ -243,7 +243,16 @@ def test_tracker_image_builds_and_answers_grpc_health(tmp_path):
     for name in ("tracker.Containerfile", "grpc_health_check.py"):
         shutil.copy(CONTAINERS / name, ctx / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(ctx / "wheels"), f"{ROOT}[tracker,ops]"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(ctx / "wheels"),
+            f"{ROOT}[tracker,ops]",
+        ],
         check=True,
         capture_output=True,
         timeout=600,
