@@ -57,6 +57,7 @@ def test_the_client_venv_holds_no_tracker_model_or_operator_package(client_venv:
     done = subprocess.run(
         [str(client_venv / "bin" / "python"), "-c", probe, *names],
         env=_clean_env(),
+        cwd=client_venv,  # not the repository root, whose loopstream/ folder would shadow the install
         capture_output=True,
         text=True,
         check=True,
@@ -71,6 +72,7 @@ def test_the_client_command_starts_in_its_venv(client_venv: Path) -> None:
     done = subprocess.run(
         [str(client_venv / "bin" / "loopstream-client"), "--help"],
         env=_clean_env(),
+        cwd=client_venv,
         capture_output=True,
         text=True,
         timeout=60,
@@ -99,7 +101,7 @@ def test_the_thin_client_streams_a_tiff_stack_into_a_real_stack(
         f"--pixel-size-nm={config.pixel_size_nm}",
     ]
     env = dict(_clean_env(), LOOPSTREAM_TRACKER_TOKEN=stack.token)
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"loopstream-client exited {done.returncode}:\n{done.stderr[-4000:]}"
     summary = re.search(r"session (\S+) .*: 3 frames submitted, 3 analysed, 3 stored, 0 failed", done.stdout)
     assert summary, done.stdout
