@@ -24,7 +24,11 @@ from loopstream.core.simulator import SimulationConfig
 from loopstream.v1 import tracker_pb2 as pb
 
 ENV_PREFIX = "LOOPSTREAM_"
-FAMILIES = {"instance": pb.MODEL_FAMILY_INSTANCE, "semantic": pb.MODEL_FAMILY_SEMANTIC, "auto": 0}
+FAMILIES = {
+    "instance": pb.MODEL_FAMILY_INSTANCE,
+    "semantic": pb.MODEL_FAMILY_SEMANTIC,
+    "auto": pb.MODEL_FAMILY_UNSPECIFIED,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +104,8 @@ def make_source(args: argparse.Namespace) -> tuple[Iterable[Frame], int, float, 
     """The frames, their count (for progress), pixel size (nm) and frame rate (Hz)."""
     if args.source == "simulate":
         config = SimulationConfig(shape=(args.size, args.size), dtype=args.dtype, n_frames=args.frames)
-        source = SimulatorSource(config, args.seed, fps=args.fps)
-        return source, len(source), config.pixel_size_nm, config.frame_rate_hz
+        simulated = SimulatorSource(config, args.seed, fps=args.fps)
+        return simulated, len(simulated), config.pixel_size_nm, config.frame_rate_hz
     source = open_source(
         args.path, frame_interval_s=args.frame_interval_s, on_error=args.on_error, integrate=args.integrate
     )

@@ -52,6 +52,9 @@ class BatchedInstanceExport(nn.Module):
     to the batch's largest count, so Triton can batch tiles into one call.
     """
 
+    pixel_mean: Tensor  # buffers, declared for type checkers
+    pixel_std: Tensor
+
     def __init__(self, model: LoopMaskRCNN) -> None:
         super().__init__()
         self.backbone, self.rpn, self.roi_heads = model.backbone, model.rpn, model.roi_heads
@@ -115,7 +118,12 @@ def export_torchscript(family: str, model: nn.Module, path: str | Path) -> Path:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scripted = script_semantic(model) if family == "semantic" else script_instance(model)
+    if family == "semantic":
+        scripted = script_semantic(model)
+    elif isinstance(model, LoopMaskRCNN):
+        scripted = script_instance(model)
+    else:
+        raise TypeError(f"the instance family scripts a LoopMaskRCNN, not a {type(model).__name__}")
     torch.jit.save(scripted, str(path))
     return path
 
@@ -140,7 +148,7 @@ def semantic_differences(model: nn.Module, scripted: torch.jit.ScriptModule, x: 
 
 def instance_eager(model: LoopMaskRCNN, x: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     """Per-image eager (boxes, scores, mask_probs) of a batch ``x`` [N, 1, H, W], one call per image."""
-    out = []
+    out: list[tuple[np.ndarray, ...]] = []
     with torch.no_grad():
         for i in range(x.shape[0]):
             d = model(torch.from_numpy(x[i : i + 1]))[0]
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     batch = np.concatenate([x, x[:, :, ::-1, :].copy()])  # a batch of two tiles: dynamic N
     ours = instance_scripted(scripted, batch)
+    assert isinstance(model, LoopMaskRCNN)  # what load_model gives for the instance family
     boxes, scores, masks = max_differences(ours, instance_eager(model, batch))
     counts = [len(o[1]) for o in ours]
     print(f"detections per tile {counts}; max |TorchScript - eager|: boxes {boxes:.2e} px, ", end="")

@@ -135,9 +135,11 @@ def training_pair(
         image, masks = rescaled_crop(sample.image, sample.polygons, sample.boxes, crop_px, rescale, rng)
     else:
         image = sample.image
-        masks = np.stack(sample.instances).astype(np.uint8) if sample.instances else None
-        if masks is None:
-            masks = np.zeros((0, *sample.image.shape), np.uint8)
+        masks = (
+            np.stack(sample.instances).astype(np.uint8)
+            if sample.instances
+            else np.zeros((0, *sample.image.shape), np.uint8)
+        )
     image, masks = random_crop(*augment(image, masks, rng), crop_px, rng)
     return image, instance_target(masks)
 

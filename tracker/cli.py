@@ -232,9 +232,12 @@ def export_main(argv: list[str]) -> int:
     client = TrackerClient(args.tracker, token, credentials)
     try:
         with tqdm(unit="B", unit_scale=True, desc="export", file=sys.stderr) as bar:
-            files = client.export(
-                args.session_id, args.out, lambda name, n: (bar.set_postfix_str(name), bar.update(n))
-            )
+
+            def progress(name: str, n: int) -> None:
+                bar.set_postfix_str(name)
+                bar.update(n)
+
+            files = client.export(args.session_id, args.out, progress)
     except grpc.RpcError as e:
         print(f"export failed: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2

@@ -279,10 +279,12 @@ def arm_table(reply: pb.ArmStatisticsReply) -> pd.DataFrame:
 
 def _compare(args: argparse.Namespace) -> int:
     policy, _ = _loaded_policy(args)
-    if policy is None and (args.pipeline is None or args.control is None):
+    if policy is not None:
+        pipeline, control = args.pipeline or policy.pipeline, args.control or policy.control
+    elif args.pipeline is None or args.control is None:
         raise ValueError("the tracker has no A/B policy: give --pipeline and --control")
-    pipeline = args.pipeline or policy.pipeline
-    control = args.control or policy.control
+    else:
+        pipeline, control = args.pipeline, args.control
     client = _tracker(args)
     try:
         reply = client.GetArmStatistics(

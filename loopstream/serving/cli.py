@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"loopstream-serve: {exc}", file=sys.stderr)
         return 1
+    assert server.process is not None  # start_triton returns a started server
     listening = {
         "event": "listening",
         "grpc": f"{args.host}:{options.ports.grpc}",
