@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,8 +53,9 @@ class BatchedInstanceExport(nn.Module):
     to the batch's largest count, so Triton can batch tiles into one call.
     """
 
-    pixel_mean: Tensor  # buffers, declared for type checkers
-    pixel_std: Tensor
+    if TYPE_CHECKING:  # the buffers, for type checkers only: TorchScript rejects the annotations
+        pixel_mean: Tensor
+        pixel_std: Tensor
 
     def __init__(self, model: LoopMaskRCNN) -> None:
         super().__init__()
