@@ -20,13 +20,12 @@ Wall time, best of ``--repeats``; the machine is shared, so read the ratios with
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 import torch
+from timing import best_seconds  # this folder is on sys.path when a benchmark runs
 from torch.utils.flop_counter import FlopCounterMode
 
 from loopstream.client.shadow import agreement
@@ -43,15 +42,6 @@ from loopstream.serving.triton import REPOSITORY
 
 ROOT = REPOSITORY.parent
 CREME_TILE = ROOT.parent / "shared" / "data" / "creme-ds25s" / "train" / "imgs" / "3.png"
-
-
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def peak_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_models import best_seconds  # this folder is on sys.path when a benchmark runs
+from timing import best_seconds  # this folder is on sys.path when a benchmark runs
 
 from loopstream.core.imaging import cut_tiles, standardise, tile_grid
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
@@ -62,8 +62,10 @@ def main() -> None:
         eager = None
         for name, run in runners.items():
             with torch.no_grad():
-                t_tile = best_seconds(lambda run=run: run(tile), args.repeats)
-                t_frame = best_seconds(lambda run=run: [run(tiles[i : i + 1]) for i in range(len(tiles))], 1)
+                t_tile = best_seconds(lambda run=run: run(tile), args.repeats, warm_up=True)
+                t_frame = best_seconds(
+                    lambda run=run: [run(tiles[i : i + 1]) for i in range(len(tiles))], 1, warm_up=True
+                )
             eager = eager or t_tile
             print(f"| {name} | {1000 * t_tile:.0f} | {eager / t_tile:.2f} | {t_frame:.1f} |")
 

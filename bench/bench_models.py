@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best_seconds  # this folder is on sys.path when a benchmark runs
 
 from loopstream.core.imaging import stitch
 from loopstream.models.architectures import build_model
@@ -34,17 +33,6 @@ def frame_logits(run: LogitsFn, frame: np.ndarray) -> np.ndarray:
     prepared = PIPELINE.prepare(frame)
     logits = np.concatenate([run(tile[None]) for tile in prepared.tiles_input])
     return stitch(logits, prepared.tiles, prepared.shape)
-
-
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` runs after one warm-up (the machine is shared and noisy)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -69,8 +57,10 @@ def main() -> None:
         print(f"{args.arch}, {args.threads} threads; best of {args.repeats}")
         eager_tile = None
         for name, run in runners.items():
-            t_tile = best_seconds(lambda run=run: run(tile), args.repeats)
-            t_frame = best_seconds(lambda run=run: frame_logits(run, frame), max(1, args.repeats // 3))
+            t_tile = best_seconds(lambda run=run: run(tile), args.repeats, warm_up=True)
+            t_frame = best_seconds(
+                lambda run=run: frame_logits(run, frame), max(1, args.repeats // 3), warm_up=True
+            )
             eager_tile = eager_tile or t_tile
             print(
                 f"{name:12s} tile 512^2: {1 / t_tile:6.2f} tiles/s ({1000 * t_tile:6.0f} ms, "

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 import pandas as pd
+from timing import best_seconds  # this folder is on sys.path when a benchmark runs
 from tqdm import tqdm
 
 from loopstream.core.ellipses import detections_from_labels, labels_from_probability, probability
@@ -34,15 +34,6 @@ from loopstream.serving.core_models import OnnxModel
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import default_version
 from loopstream.serving.triton import REPOSITORY
-
-
-def best_cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -81,9 +72,15 @@ def main() -> None:
         rows.append(
             {
                 "loops": len(after),
-                "prepare": best_cpu_seconds(lambda f=frame: pipeline.prepare(f), args.repeats),
-                "before": best_cpu_seconds(lambda o=outputs, q=prepared: full_frame(o, q), args.repeats),
-                "after": best_cpu_seconds(lambda o=outputs, q=prepared: served(o, q), args.repeats),
+                "prepare": best_seconds(
+                    lambda f=frame: pipeline.prepare(f), args.repeats, clock=time.process_time
+                ),
+                "before": best_seconds(
+                    lambda o=outputs, q=prepared: full_frame(o, q), args.repeats, clock=time.process_time
+                ),
+                "after": best_seconds(
+                    lambda o=outputs, q=prepared: served(o, q), args.repeats, clock=time.process_time
+                ),
             }
         )
     table = pd.DataFrame(rows)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import torch
+from timing import best_seconds  # this folder is on sys.path when a benchmark runs
 from tqdm import tqdm
 
 from loopstream.core.imaging import tile_grid
@@ -109,12 +110,7 @@ def cpu_work_per_frame(args: argparse.Namespace, device: torch.device) -> dict:
         ]
 
     def cpu_seconds(run: Callable[[], object]) -> float:
-        times = []
-        for _ in range(args.repeats):
-            start = time.process_time()
-            run()
-            times.append(time.process_time() - start)
-        return min(times)
+        return best_seconds(run, args.repeats, clock=time.process_time)
 
     loops = len(pipeline.finish(outputs, prepared)[0])
     return {

@@ -1,7 +1,7 @@
 """``loopstream-client``: stream one microscope's frames through Triton into the tracker.
 
-Every flag has an environment variable (LOOPSTREAM_<FLAG>), so a facility can configure the
-client once per microscope PC.
+Every option has an environment variable (LOOPSTREAM_<FLAG>, named in ``--help``), so a facility
+can configure the client once per microscope PC.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,64 +19,64 @@ from loopstream.client.backpressure import BackpressurePolicy
 from loopstream.client.session import Endpoints, MicroscopeSession, SessionReport
 from loopstream.client.sources import Frame, SimulatorSource, SourceError, open_source
 from loopstream.client.tracker_link import DEFAULT_MAX_MESSAGE_BYTES
+from loopstream.core.env_flags import EnvFlags
 from loopstream.core.simulator import SimulationConfig
 from loopstream.v1 import tracker_pb2 as pb
 
-FAMILIES = {"instance": pb.MODEL_FAMILY_INSTANCE, "semantic": pb.MODEL_FAMILY_SEMANTIC, "auto": 0}
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"LOOPSTREAM_{name}", default)
+ENV_PREFIX = "LOOPSTREAM_"
+FAMILIES = {
+    "instance": pb.MODEL_FAMILY_INSTANCE,
+    "semantic": pb.MODEL_FAMILY_SEMANTIC,
+    "auto": pb.MODEL_FAMILY_UNSPECIFIED,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopstream-client", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--triton", default=_env("TRITON_URL", "127.0.0.1:8001"), help="Triton gRPC host:port"
-    )
-    parser.add_argument("--tracker", default=_env("TRACKER_URL", "127.0.0.1:50061"), help="tracker host:port")
-    parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="tracker bearer token")
-    parser.add_argument("--max-in-flight", type=int, default=int(_env("MAX_IN_FLIGHT", "8")))
-    parser.add_argument(
+    flags = EnvFlags(parser, ENV_PREFIX)
+    flags.add("--triton", env="LOOPSTREAM_TRITON_URL", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    flags.add("--tracker", env="LOOPSTREAM_TRACKER_URL", default="127.0.0.1:50061", help="tracker host:port")
+    flags.add("--token", env="LOOPSTREAM_TRACKER_TOKEN", help="tracker bearer token")
+    flags.add("--max-in-flight", type=int, default=8)
+    flags.add(
         "--tracker-max-message-bytes",
         type=int,
-        default=int(_env("TRACKER_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES))),
+        default=DEFAULT_MAX_MESSAGE_BYTES,
         help="the tracker's --max-message-bytes: a frame whose detections exceed it fails, unsent",
     )
-    parser.add_argument(
+    flags.add(
         "--reconnect-timeout",
         type=float,
-        default=float(_env("RECONNECT_TIMEOUT", "120")),
+        default=120.0,
         help="seconds a restarting Triton or tracker may stay away before the run stops",
     )
-    parser.add_argument("--microscope-id", default=_env("MICROSCOPE_ID", "microscope-1"))
-    parser.add_argument("--sample", default=_env("SAMPLE", ""))
-    parser.add_argument("--dose-rate", type=float, default=float(_env("DOSE_RATE", "0")), help="ions/cm^2/s")
-    parser.add_argument("--family", choices=FAMILIES, default=_env("MODEL_FAMILY", "auto"))
-    parser.add_argument(
+    flags.add("--microscope-id", default="microscope-1")
+    flags.add("--sample", default="")
+    flags.add("--dose-rate", type=float, default=0.0, help="ions/cm^2/s")
+    flags.add("--family", env="LOOPSTREAM_MODEL_FAMILY", choices=FAMILIES, default="auto")
+    flags.add(
         "--policy",
         choices=[p.value for p in BackpressurePolicy],
-        default=_env("POLICY", "block"),
+        default="block",
         help="when analysis falls behind: wait, drop the oldest buffered frame, or decimate",
     )
-    parser.add_argument("--buffer-frames", type=int, default=int(_env("BUFFER_FRAMES", "16")))
+    flags.add("--buffer-frames", type=int, default=16)
     parser.add_argument("--target-fps", type=float, default=None, help="decimate: frames/s to analyse")
-    parser.add_argument(
+    flags.add(
         "--shared-memory",
         action="store_true",
-        default=_env("SHARED_MEMORY", "") == "1",
         help="pass frames through system shared memory (only when Triton runs on this host)",
     )
-    parser.add_argument(
+    flags.add(
         "--preview-every",
         type=int,
-        default=int(_env("PREVIEW_EVERY", "0")),
+        default=0,
         help="send a JPEG preview for the tracker's web view with every N-th frame; 0 = none",
     )
-    parser.add_argument(
+    flags.add(
         "--preview-px",
         type=int,
-        default=int(_env("PREVIEW_PX", "512")),
+        default=512,
         help="long side of a preview in px (the tracker accepts at most 512)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -105,8 +104,8 @@ def make_source(args: argparse.Namespace) -> tuple[Iterable[Frame], int, float, 
     """The frames, their count (for progress), pixel size (nm) and frame rate (Hz)."""
     if args.source == "simulate":
         config = SimulationConfig(shape=(args.size, args.size), dtype=args.dtype, n_frames=args.frames)
-        source = SimulatorSource(config, args.seed, fps=args.fps)
-        return source, len(source), config.pixel_size_nm, config.frame_rate_hz
+        simulated = SimulatorSource(config, args.seed, fps=args.fps)
+        return simulated, len(simulated), config.pixel_size_nm, config.frame_rate_hz
     source = open_source(
         args.path, frame_interval_s=args.frame_interval_s, on_error=args.on_error, integrate=args.integrate
     )

@@ -118,6 +118,7 @@ class InferenceStream(ReconnectingStream):
         if entry.slot is None:
             tensor.set_data_from_numpy(np.ascontiguousarray(frame.image))
         else:
+            assert self._slots is not None  # the slot came from them
             self._slots.attach(tensor, frame.image, entry.slot)
         self._client.async_stream_infer(
             self.model_name,
@@ -148,6 +149,7 @@ class InferenceStream(ReconnectingStream):
             if result is not None and result.get_response().id not in ("", str(index)):
                 log.error("Triton answered frame %s out of order", result.get_response().id)
             if entry.slot is not None:
+                assert self._slots is not None  # the slot came from them
                 self._slots.release(entry.slot)
             self._cond.notify_all()
         frame = entry.frame

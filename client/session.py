@@ -208,7 +208,7 @@ class MicroscopeSession:
         )
         self._join.expect(frame.index, shadowed)
         self._triton.submit(frame)
-        if shadowed:
+        if shadowed and candidate is not None:
             try:
                 candidate.submit(frame)
             except Exception:  # the candidate stream is gone: the session goes on without shadow
@@ -229,8 +229,8 @@ class MicroscopeSession:
             with self._lock:
                 self.report.failed.append(result.error)
             return
-        frame = result.frame
-        detections = result.detections
+        frame, detections = result.frame, result.detections
+        assert detections is not None  # an answer without an error carries its detections
         with self._lock:
             self.report.frames_analysed += 1
             self.report.loops += len(detections)

@@ -70,7 +70,7 @@ def ellipse_iou(a: np.ndarray, b: np.ndarray) -> float:
     for x, y, major, minor, angle in (a.tolist(), b.tolist()):  # cv2 wants Python floats
         mask = np.zeros(shape, np.uint8)
         box = (((x - x0) * scale, (y - y0) * scale), (major * scale, minor * scale), angle)
-        cv2.ellipse(mask, box, 1, -1)
+        cv2.ellipse(mask, box, (1,), -1)
         masks.append(mask.astype(bool))
     union = np.count_nonzero(masks[0] | masks[1])
     return np.count_nonzero(masks[0] & masks[1]) / union if union else 0.0
@@ -163,4 +163,5 @@ class ShadowJoin:
     def _release_ready(self) -> None:
         while self._waiting and next(iter(self._waiting.values())).complete:
             _, waiting = self._waiting.popitem(last=False)
+            assert waiting.session is not None  # complete: the session answered
             self.release(waiting.session, waiting.candidate)

@@ -37,7 +37,7 @@ def augment(
     image: np.ndarray, targets: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """A randomly augmented, standardised float32 image [H, W] and its targets [C, H, W]."""
-    x = image.astype(np.float32)
+    x: np.ndarray = image.astype(np.float32)
     x = (x - x.min()) / max(float(np.ptp(x)), 1e-6)
     x = x ** np.float32(rng.uniform(*GAMMA_RANGE))
     if rng.random() < ELASTIC_PROBABILITY:
@@ -68,9 +68,8 @@ def elastic_deform(
     (dtype('uint8'), True, True)
     """
     h, w = image.shape
-    field = rng.uniform(-1, 1, (h, w, 2)).astype(np.float32)
-    field = cv2.GaussianBlur(field, (0, 0), ELASTIC_SMOOTHNESS_PX)
-    field *= rng.uniform(*ELASTIC_AMPLITUDE_PX) / max(float(np.abs(field).max()), 1e-6)
+    field = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w, 2)).astype(np.float32), (0, 0), ELASTIC_SMOOTHNESS_PX)
+    field = field * (rng.uniform(*ELASTIC_AMPLITUDE_PX) / max(float(np.abs(field).max()), 1e-6))
     ys, xs = np.mgrid[:h, :w].astype(np.float32)
     map_x, map_y = xs + field[..., 0], ys + field[..., 1]
 
@@ -92,7 +91,7 @@ def random_crop(
     return image[y0 : y0 + size_px, x0 : x0 + size_px], targets[:, y0 : y0 + size_px, x0 : x0 + size_px]
 
 
-def _slow_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def _slow_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """A smooth random field in [-1, 1] varying over a few hundred px."""
     coarse = rng.uniform(-1, 1, (3, 3)).astype(np.float32)
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
@@ -115,7 +114,7 @@ def rescaled_crop(
     side = min(size_px / scale, h, w)
     scale = size_px / side
     x0, y0 = float(rng.uniform(0, w - side)), float(rng.uniform(0, h - side))
-    affine = np.float32([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]])
+    affine = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float32)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     crop = cv2.warpAffine(image, affine, (size_px, size_px), flags=interpolation)
     inside = (boxes[:, 2] > x0) & (boxes[:, 0] < x0 + side) & (boxes[:, 3] > y0) & (boxes[:, 1] < y0 + side)
@@ -123,5 +122,5 @@ def rescaled_crop(
     held = [polygon for polygon, keep in zip(polygons, inside, strict=True) if keep]
     for mask, polygon in zip(masks, held, strict=True):
         points = np.round((polygon - (x0, y0)) * scale * 16).astype(np.int32)
-        cv2.fillPoly(mask, [points], 1, lineType=cv2.LINE_8, shift=4)
+        cv2.fillPoly(mask, [points], (1,), lineType=cv2.LINE_8, shift=4)
     return crop, masks

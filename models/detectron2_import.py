@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -183,7 +184,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v) for k, v in state.items()}
 
 
-def read_config(path: str | Path) -> dict[str, object]:
+def read_config(path: str | Path) -> dict[str, Any]:
     """The keys the import reads from a detectron2 config YAML (``cfg.dump()``), defaults filled in."""
     try:
         tree = yaml.safe_load(Path(path).read_text()) or {}
@@ -194,7 +195,7 @@ def read_config(path: str | Path) -> dict[str, object]:
             f"{path} inherits from {tree['_BASE_']!r}: give the full config detectron2 saves beside "
             "model_final.pth (config.yaml, written by cfg.dump()), not a base-derived one"
         )
-    values = {}
+    values: dict[str, Any] = {}  # YAML values: config_overrides checks what it reads
     for dotted, default in D2_DEFAULTS.items():
         node: object = tree
         for part in dotted.split("."):

@@ -78,8 +78,8 @@ def coco_truth(coco: CocoLoops, ids: Sequence[int]) -> list[TruthImage]:
     return out
 
 
-def annotation_crop(ann: dict, shape: tuple[int, int], coco: COCO) -> MaskCrop | None:
-    """An annotation's mask within its box (None when it has no pixel in the image)."""
+def annotation_crop(ann: dict, shape: tuple[int, ...], coco: COCO) -> MaskCrop | None:
+    """An annotation's mask within its box (None when it has no pixel in the (H, W) image)."""
     h, w = shape
     segmentation = ann["segmentation"]
     if not isinstance(segmentation, list):  # RLE: decode whole, then crop
@@ -96,7 +96,7 @@ def annotation_crop(ann: dict, shape: tuple[int, int], coco: COCO) -> MaskCrop |
         mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, y1 - y0, x1 - x0))) > 0
     if not mask.any():  # an outline with no area (collinear, 2 points): the pixels it passes through
         canvas = np.zeros(mask.shape, np.uint8)
-        cv2.polylines(canvas, [np.round(r).astype(np.int32) for r in rings], False, 1)
+        cv2.polylines(canvas, [np.round(r).astype(np.int32) for r in rings], False, (1,))
         mask = canvas > 0
     return _tight(mask, x0, y0)
 
@@ -243,7 +243,9 @@ def coco_ap(
 
 def overlay(img: TruthImage, pred: Prediction) -> np.ndarray:
     """BGR picture: the frame, true loop outlines in green, predicted ellipses in red."""
-    grey = cv2.normalize(img.image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    # OpenCV's stubs lack its documented dst=None (allocate the output).
+    grey = cv2.normalize(img.image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX)  # type: ignore[call-overload]
+    grey = grey.astype(np.uint8)
     picture = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     for crop in img.masks:
         contours, _ = cv2.findContours(
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         images = simulated_truth(parse_ids(args.sim_seeds))
 
-    if args.tune_ids:
+    if args.tune_ids and coco is not None:  # --tune-ids needs --coco (checked above)
         tune = coco_truth(coco, parse_ids(args.tune_ids))
         threshold, sweep = choose_threshold(
             tune, PipelineRun(pipeline, core, tune, sent_nm), args.pixel_nm, GRIDS[pipeline.spec.family]

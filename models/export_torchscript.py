@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +52,10 @@ class BatchedInstanceExport(nn.Module):
     through dict unpacking, which TorchScript cannot compile) and pads the per-image detections
     to the batch's largest count, so Triton can batch tiles into one call.
     """
+
+    if TYPE_CHECKING:  # the buffers, for type checkers only: TorchScript rejects the annotations
+        pixel_mean: Tensor
+        pixel_std: Tensor
 
     def __init__(self, model: LoopMaskRCNN) -> None:
         super().__init__()
@@ -115,7 +120,12 @@ def export_torchscript(family: str, model: nn.Module, path: str | Path) -> Path:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scripted = script_semantic(model) if family == "semantic" else script_instance(model)
+    if family == "semantic":
+        scripted = script_semantic(model)
+    elif isinstance(model, LoopMaskRCNN):
+        scripted = script_instance(model)
+    else:
+        raise TypeError(f"the instance family scripts a LoopMaskRCNN, not a {type(model).__name__}")
     torch.jit.save(scripted, str(path))
     return path
 
@@ -140,7 +150,7 @@ def semantic_differences(model: nn.Module, scripted: torch.jit.ScriptModule, x: 
 
 def instance_eager(model: LoopMaskRCNN, x: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     """Per-image eager (boxes, scores, mask_probs) of a batch ``x`` [N, 1, H, W], one call per image."""
-    out = []
+    out: list[tuple[np.ndarray, ...]] = []
     with torch.no_grad():
         for i in range(x.shape[0]):
             d = model(torch.from_numpy(x[i : i + 1]))[0]
@@ -207,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     batch = np.concatenate([x, x[:, :, ::-1, :].copy()])  # a batch of two tiles: dynamic N
     ours = instance_scripted(scripted, batch)
+    assert isinstance(model, LoopMaskRCNN)  # what load_model gives for the instance family
     boxes, scores, masks = max_differences(ours, instance_eager(model, batch))
     counts = [len(o[1]) for o in ours]
     print(f"detections per tile {counts}; max |TorchScript - eager|: boxes {boxes:.2e} px, ", end="")

@@ -193,6 +193,9 @@ class AlignedRoIPooler(nn.Module):
 class LoopMaskRCNN(nn.Module):
     """Backbone + FPN, RPN and box / mask heads, called without torchvision's resizing transform."""
 
+    pixel_mean: Tensor  # buffers, declared for type checkers
+    pixel_std: Tensor
+
     def __init__(self, spec: MaskRCNNSpec) -> None:
         super().__init__()
         self.spec = spec

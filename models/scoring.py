@@ -81,8 +81,8 @@ def degenerate_count(masks: Sequence[MaskCrop]) -> int:
     return count
 
 
-def foreground(masks: Sequence[MaskCrop], shape: tuple[int, int]) -> np.ndarray:
-    """The union of the masks as a frame-size image (masks lie within the frame)."""
+def foreground(masks: Sequence[MaskCrop], shape: tuple[int, ...]) -> np.ndarray:
+    """The union of the masks as an image of the frame's (H, W) ``shape`` (masks lie within it)."""
     out = np.zeros(shape, bool)
     for crop in masks:
         h, w = crop.mask.shape

@@ -33,7 +33,7 @@ def draw_ellipse(mask: np.ndarray, x: float, y: float, major: float, minor: floa
     s = 1 << _SHIFT
     centre = (round(x * s), round(y * s))
     axes = (max(round(major / 2 * s), 1), max(round(minor / 2 * s), 1))
-    cv2.ellipse(mask, centre, axes, float(angle), 0, 360, 1, -1, lineType=cv2.LINE_8, shift=_SHIFT)
+    cv2.ellipse(mask, centre, axes, float(angle), 0, 360, (1,), -1, lineType=cv2.LINE_8, shift=_SHIFT)
 
 
 def targets_from_ellipses(loops: pd.DataFrame, shape: tuple[int, int]) -> np.ndarray:
@@ -52,8 +52,9 @@ def targets_from_ellipses(loops: pd.DataFrame, shape: tuple[int, int]) -> np.nda
     return out
 
 
-def targets_from_instances(instances: Iterable[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """[2, H, W] uint8 masks from binary instance masks: their union, and their shrunken fitted ellipses."""
+def targets_from_instances(instances: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """[2, H, W] uint8 masks (``shape`` = (H, W)) from binary instance masks: their union, and their
+    shrunken fitted ellipses."""
     out = np.zeros((2, *shape), np.uint8)
     for mask in instances:
         mask = mask.astype(np.uint8)

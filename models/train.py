@@ -117,7 +117,7 @@ def validation_set(
     rng = np.random.default_rng(12345)
     samples = [simulated_sample(seed, rng, (args.sim_px, args.sim_px)) for seed in VAL_SEEDS]
     if coco is not None and args.val_ids:
-        samples += [coco.sample(i) for i in parse_ids(args.val_ids)]
+        samples += [coco.sample(i) for i in parse_ids(args.val_ids) or []]
     return [to_tensors([standardise(s.image)], [s.targets]) for s in samples]
 
 

@@ -124,20 +124,23 @@ def instance_target(masks: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def training_pair(
-    sample: Sample | PolygonImage, args: argparse.Namespace, rng: np.random.Generator
+    sample: Sample | PolygonImage,
+    crop_px: int,
+    rescale: tuple[float, float],
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """Augmented, standardised crop of a sample and its instance target; real frames are
-    rescaled by a random factor in ``--rescale`` first."""
+    """Augmented, standardised ``crop_px`` square crop of a sample and its instance target; real
+    frames are rescaled first by a random factor in ``rescale`` (log-uniform, ``--rescale``)."""
     if isinstance(sample, PolygonImage):
-        image, masks = rescaled_crop(
-            sample.image, sample.polygons, sample.boxes, args.crop_px, args.rescale, rng
-        )
+        image, masks = rescaled_crop(sample.image, sample.polygons, sample.boxes, crop_px, rescale, rng)
     else:
         image = sample.image
-        masks = np.stack(sample.instances).astype(np.uint8) if sample.instances else None
-        if masks is None:
-            masks = np.zeros((0, *sample.image.shape), np.uint8)
-    image, masks = random_crop(*augment(image, masks, rng), args.crop_px, rng)
+        masks = (
+            np.stack(sample.instances).astype(np.uint8)
+            if sample.instances
+            else np.zeros((0, *sample.image.shape), np.uint8)
+        )
+    image, masks = random_crop(*augment(image, masks, rng), crop_px, rng)
     return image, instance_target(masks)
 
 
@@ -197,10 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.init is not None:
         keep_batchnorm_statistics(model)
     recent: list[list[float]] = []
+    rescale = (args.rescale[0], args.rescale[1])
     with tqdm(total=args.steps, initial=run.step, unit="step") as bar:
         while not run.done:
             lr = run.set_learning_rate()
-            pairs = [training_pair(sample(), args, rng) for _ in range(args.batch_size)]
+            pairs = [training_pair(sample(), args.crop_px, rescale, rng) for _ in range(args.batch_size)]
             images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
             losses = model(images, [p[1] for p in pairs])
             loss = sum(losses.values())

@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 
+from loopstream.core.simulator import SimulationConfig
 from loopstream.dev.stack import LocalStack
 from loopstream.serving import repository
 from loopstream.serving.pipelines import PipelineSpec
 from loopstream.serving.triton import REPOSITORY
+from loopstream.tracker.client import TrackerClient
+from loopstream.tracker.server import RunningTracker, ServerConfig, serve
 from loopstream.tracker.store import AB_FRAME_COLUMNS, MIGRATIONS
+from loopstream.v1 import tracker_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOOPSTREAM_DATA", ROOT.parent / "shared" / "data"))
@@ -76,6 +83,56 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     assert CORE_MODEL.exists(), f"{CORE_MODEL} is missing: the shipped model must be committed"
     with LocalStack(tmp_path_factory.mktemp("stack")) as running:
         yield running
+
+
+TRACKER_TOKEN = "tracker-token-7c1d"  # the bearer token of every in-process test tracker
+
+
+def serve_tracker(db: Path, metrics_port: int = 0, **config: Any) -> RunningTracker:
+    """A tracker in this process on 127.0.0.1 (ephemeral gRPC port; metrics on an ephemeral one,
+    -1 = none) with TRACKER_TOKEN."""
+    return serve(ServerConfig(db=db, port=0, metrics_port=metrics_port, token=TRACKER_TOKEN, **config))
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(key, certificate) PEM files for localhost and 127.0.0.1, made with the openssl CLI."""
+    key, cert = folder / "tls.key", folder / "tls.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+def tracker_client(running: RunningTracker) -> TrackerClient:
+    """A gRPC client of ``running`` with TRACKER_TOKEN (close it after use)."""
+    return TrackerClient(f"127.0.0.1:{running.port}", TRACKER_TOKEN)
+
+
+@pytest.fixture
+def client(tracker: RunningTracker) -> Iterator[TrackerClient]:
+    """A client of the test module's own ``tracker`` fixture (each module configures its tracker)."""
+    running_client = tracker_client(tracker)
+    yield running_client
+    running_client.close()
+
+
+def session_spec(config: SimulationConfig, microscope_id: str, sample: str = "Fe-9Cr") -> pb.SessionSpec:
+    """A session for the frames of a simulated microscope: its pixel size, frame rate and dose rate."""
+    return pb.SessionSpec(
+        microscope_id=microscope_id,
+        sample=sample,
+        pixel_size_nm=config.pixel_size_nm,
+        frame_rate_hz=config.frame_rate_hz,
+        dose_rate_ions_cm2_s=config.dose_rate_ions_cm2_s,
+    )
+
+
+def open_session(client: TrackerClient, config: SimulationConfig, microscope_id: str) -> str:
+    """Open a tracker session for frames of ``config``; its id."""
+    return client.OpenSession(session_spec(config, microscope_id)).session_id
 
 
 def schema_1_store(path: Path) -> sqlite3.Connection:

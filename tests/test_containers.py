@@ -60,7 +60,7 @@ def test_triton_containerfile_pins_the_ngc_base_and_numpy():
     assert froms == ["${TRITON_IMAGE}:${TRITON_TAG}"]
     run = " ".join(a for k, a in ins if k == "RUN")
     assert '"numpy<2"' in run and "numpy.__version__ < '2'" in run
-    assert "loopstream" in run
+    assert '"loopstream[pipelines]"' in run  # what the Python models import, not the whole project
     env = " ".join(a for k, a in ins if k == "ENV")
     assert "PIP_CONSTRAINT=" in env  # numpy<2 stays pinned in derived images
     assert any(k == "COPY" and "--from=models" in a and "/models" in a for k, a in ins)
@@ -81,7 +81,9 @@ def test_tracker_containerfile_is_non_root_with_grpc_healthcheck():
     # Read-only root filesystem: nothing may want to write byte code or caches.
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "HOME=/tmp" in env
     assert "LOOPSTREAM_TRACKER_HOST=0.0.0.0" in env  # the tracker binds 127.0.0.1 by default
-    assert "numpy.__version__ < '2'" in " ".join(a for k, a in ins if k == "RUN")
+    run = " ".join(a for k, a in ins if k == "RUN")
+    assert "numpy.__version__ < '2'" in run
+    assert '"loopstream[tracker,ops]"' in run  # the tracker and loopstream-rollout, run in its pod
 
 
 # -------------------------------------------------------- health checker
@@ -241,7 +243,16 @@ def test_tracker_image_builds_and_answers_grpc_health(tmp_path):
     for name in ("tracker.Containerfile", "grpc_health_check.py"):
         shutil.copy(CONTAINERS / name, ctx / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(ctx / "wheels"), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(ctx / "wheels"),
+            f"{ROOT}[tracker,ops]",
+        ],
         check=True,
         capture_output=True,
         timeout=600,

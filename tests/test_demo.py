@@ -46,7 +46,7 @@ def test_main_job_from_a_fresh_clone_leaves_no_process_behind(tmp_path: Path) ->
     assert _processes_mentioning(str(clone)) == []
 
     again = subprocess.run(
-        ["bash", "scripts/bootstrap", "serve"],
+        ["bash", "scripts/bootstrap"],  # the default extras, as scripts/demo installs them
         cwd=clone,
         env=env,
         capture_output=True,

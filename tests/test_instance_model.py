@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -65,8 +63,7 @@ def test_instance_target_boxes_cover_the_pixels():
 
 def test_a_few_steps_lower_the_loss_on_one_batch():
     rng = np.random.default_rng(2)
-    crop = argparse.Namespace(crop_px=128, rescale=(1.0, 1.0))
-    image, target = training_pair(simulated_sample(1_000_001, rng, (256, 256)), crop, rng)
+    image, target = training_pair(simulated_sample(1_000_001, rng, (256, 256)), 128, (1.0, 1.0), rng)
     assert len(target["boxes"]) > 0
     torch.manual_seed(0)
     model = build_maskrcnn("maskrcnn_r18").train()

@@ -21,37 +21,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.dev import synthetic
 from loopstream.tracker import export
-from loopstream.tracker.client import TrackerClient, frame_message
+from loopstream.tracker.client import frame_message
 from loopstream.tracker.engine import TrackerEngine
-from loopstream.tracker.server import SERVICE_NAME, ServerConfig, serve
+from loopstream.tracker.server import SERVICE_NAME
 from loopstream.tracker.store import MIGRATIONS, SCHEMA_VERSION, Store
 from loopstream.tracker.validation import MAX_FRAME_INDEX, MAX_ID_CHARS, FrameInput
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
+from tests.conftest import TRACKER_TOKEN, serve_tracker, tracker_client
 
-TOKEN = "bounds-token-5d0e"
 COMMAND = str(Path(sys.executable).parent / "loopstream-tracker")
 CONFIG = SimulationConfig(shape=(256, 256), n_frames=40, initial_loops=150, initial_major_px=(6.0, 14.0))
 MIC = SimulatedMicroscope(CONFIG, seed=3)
 SPEC = pb.SessionSpec(microscope_id="jannus-2", pixel_size_nm=0.5, frame_rate_hz=10.0)
 
 
-def start(db: Path, **config) -> object:
-    return serve(ServerConfig(db=db, port=0, metrics_port=0, token=TOKEN, **config))
-
-
 @pytest.fixture
 def tracker(tmp_path):
-    running = start(tmp_path / "tracker.db")
+    running = serve_tracker(tmp_path / "tracker.db")
     yield running
     running.stop(0.5)
-
-
-@pytest.fixture
-def client(tracker):
-    c = TrackerClient(f"127.0.0.1:{tracker.port}", TOKEN)
-    yield c
-    c.close()
 
 
 def message(session_id: str, index: int, content: int | None = None, **fields) -> pb.FrameDetections:
@@ -197,7 +186,7 @@ def test_200_watchers_leave_health_and_unary_calls_prompt(tracker, client):
     sid = client.OpenSession(SPEC).session_id
     assert all(a.accepted for a in client.stream([message(sid, 0)]))
     channels = [grpc.insecure_channel(f"127.0.0.1:{tracker.port}") for _ in range(8)]
-    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    metadata = (("authorization", f"Bearer {TRACKER_TOKEN}"),)
     watches = []
 
     def prompt_answers() -> None:
@@ -235,8 +224,8 @@ def test_200_watchers_leave_health_and_unary_calls_prompt(tracker, client):
 
 
 def test_one_watcher_past_the_limit_is_refused_clearly(tmp_path):
-    running = start(tmp_path / "t.db", max_watchers=2)
-    client = TrackerClient(f"127.0.0.1:{running.port}", TOKEN)
+    running = serve_tracker(tmp_path / "t.db", max_watchers=2)
+    client = tracker_client(running)
     try:
         sid = client.OpenSession(SPEC).session_id
         watches = [client.WatchStatistics(pb.WatchRequest(session_id=sid)) for _ in range(2)]
@@ -282,7 +271,7 @@ def test_export_streams_in_bounded_pieces_and_the_cli_writes_the_files(
     assert sum(p.last for p in pieces) == len({p.name for p in pieces}) >= 14
 
     token = tmp_path / "token"
-    token.write_text(TOKEN)
+    token.write_text(TRACKER_TOKEN)
     out = tmp_path / "export"
     result = subprocess.run(
         [
@@ -363,8 +352,8 @@ def _wait_for(condition, seconds: float = 5.0) -> None:
 
 
 def test_a_full_disk_is_reported_counted_and_fails_readiness(small_disk):
-    running = start(small_disk / "tracker.db")
-    client = TrackerClient(f"127.0.0.1:{running.port}", TOKEN)
+    running = serve_tracker(small_disk / "tracker.db")
+    client = tracker_client(running)
     try:
         sid = client.OpenSession(SPEC).session_id
         assert all(a.accepted for a in client.stream(message(sid, i) for i in range(3)))
@@ -423,8 +412,8 @@ def test_a_damaged_store_is_refused_at_start_and_its_errors_are_statuses(tmp_pat
     assert result.returncode == 2, result.stderr
     assert "is damaged (SQLite quick_check" in result.stderr and "--skip-integrity-check" in result.stderr
 
-    running = start(path, check_integrity=False)  # what --skip-integrity-check starts
-    client = TrackerClient(f"127.0.0.1:{running.port}", TOKEN)
+    running = serve_tracker(path, check_integrity=False)  # what --skip-integrity-check starts
+    client = tracker_client(running)
     try:
         with pytest.raises(grpc.RpcError) as e:
             client.GetStatistics(pb.StatisticsRequest(session_id=sid))

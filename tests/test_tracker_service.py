@@ -6,7 +6,6 @@ import io
 import json
 import math
 import shutil
-import subprocess
 import threading
 import urllib.request
 import uuid
@@ -24,8 +23,8 @@ from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.engine import Defaults
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.v1 import tracker_pb2 as pb
+from tests.conftest import TRACKER_TOKEN, open_session, self_signed_certificate, serve_tracker
 
-TOKEN = "test-token-3f9a"
 CONFIG = SimulationConfig(
     shape=(256, 256),
     n_frames=40,
@@ -39,35 +38,11 @@ MIC = SimulatedMicroscope(CONFIG, seed=11)
 
 @pytest.fixture
 def tracker(tmp_path):
-    running = serve(
-        ServerConfig(
-            db=tmp_path / "tracker.db",
-            port=0,
-            metrics_port=0,
-            token=TOKEN,
-            defaults=Defaults(model_name="loops_unet", model_version="3"),
-        )
+    running = serve_tracker(
+        tmp_path / "tracker.db", defaults=Defaults(model_name="loops_unet", model_version="3")
     )
     yield running
     running.stop(0.5)
-
-
-@pytest.fixture
-def client(tracker):
-    c = TrackerClient(f"127.0.0.1:{tracker.port}", TOKEN)
-    yield c
-    c.close()
-
-
-def open_session(client: TrackerClient) -> str:
-    spec = pb.SessionSpec(
-        microscope_id="jannus-1",
-        sample="Fe-9Cr",
-        pixel_size_nm=CONFIG.pixel_size_nm,
-        frame_rate_hz=CONFIG.frame_rate_hz,
-        dose_rate_ions_cm2_s=CONFIG.dose_rate_ions_cm2_s,
-    )
-    return client.OpenSession(spec).session_id
 
 
 def message(session_id: str, index: int, mic: SimulatedMicroscope = MIC) -> pb.FrameDetections:
@@ -118,7 +93,7 @@ def test_open_stream_statistics_and_idempotent_resend(client):
 
 
 def test_bad_input_is_rejected_clearly_and_the_stream_goes_on(client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "jannus-1")
     nan_size = message(sid, 2)
     nan_size.loops[3].major_px = math.nan
     negative = message(sid, 2)
@@ -199,7 +174,7 @@ def test_every_call_needs_the_token_but_health_does_not(tracker, client):
 
 
 def test_tracks_export_watch_and_metrics(tracker, client, tmp_path):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "jannus-1")
     received: list[pb.FrameStatistics] = []
     watch = client.WatchStatistics(pb.WatchRequest(session_id=sid))
     watcher = threading.Thread(target=lambda: received.extend(watch))
@@ -282,24 +257,14 @@ def test_sessions_get_their_model_from_the_ab_policy(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_with_token(tmp_path):
-    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    running = serve(
-        ServerConfig(
-            db=tmp_path / "t.db", port=0, metrics_port=-1, token=TOKEN, tls_cert=str(cert), tls_key=str(key)
-        )
-    )
+    key, cert = self_signed_certificate(tmp_path)
+    running = serve_tracker(tmp_path / "t.db", metrics_port=-1, tls_cert=str(cert), tls_key=str(key))
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
-        client = TrackerClient(f"127.0.0.1:{running.port}", TOKEN, credentials)
+        client = TrackerClient(f"127.0.0.1:{running.port}", TRACKER_TOKEN, credentials)
         assert client.ListSessions(pb.ListSessionsRequest()).sessions == []
         client.close()
-        plain = TrackerClient(f"127.0.0.1:{running.port}", TOKEN)
+        plain = TrackerClient(f"127.0.0.1:{running.port}", TRACKER_TOKEN)
         with pytest.raises(grpc.RpcError) as e:
             plain.ListSessions(pb.ListSessionsRequest(), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE

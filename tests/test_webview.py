@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -26,10 +25,9 @@ from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.previews import MAX_PREVIEW_BYTES, MAX_PREVIEW_SIDE_PX
-from loopstream.tracker.server import ServerConfig, serve
 from loopstream.v1 import tracker_pb2 as pb
+from tests.conftest import TRACKER_TOKEN, open_session, self_signed_certificate, serve_tracker
 
-TOKEN = "tracker-token-7c1d"
 VIEWER_TOKEN = "viewer-token-52ab"
 CONFIG = SimulationConfig(shape=(256, 256), n_frames=12, initial_loops=40)
 MIC = SimulatedMicroscope(CONFIG, seed=3)
@@ -37,36 +35,9 @@ MIC = SimulatedMicroscope(CONFIG, seed=3)
 
 @pytest.fixture
 def tracker(tmp_path):
-    running = serve(
-        ServerConfig(
-            db=tmp_path / "tracker.db",
-            port=0,
-            metrics_port=0,
-            view_port=0,
-            token=TOKEN,
-            viewer_token=VIEWER_TOKEN,
-        )
-    )
+    running = serve_tracker(tmp_path / "tracker.db", view_port=0, viewer_token=VIEWER_TOKEN)
     yield running
     running.stop(0.5)
-
-
-@pytest.fixture
-def client(tracker):
-    c = TrackerClient(f"127.0.0.1:{tracker.port}", TOKEN)
-    yield c
-    c.close()
-
-
-def open_session(client: TrackerClient) -> str:
-    spec = pb.SessionSpec(
-        microscope_id="view-scope",
-        sample="Fe-9Cr",
-        pixel_size_nm=CONFIG.pixel_size_nm,
-        frame_rate_hz=CONFIG.frame_rate_hz,
-        dose_rate_ions_cm2_s=CONFIG.dose_rate_ions_cm2_s,
-    )
-    return client.OpenSession(spec).session_id
 
 
 def message(session_id: str, index: int, preview: pb.Preview | None = None) -> pb.FrameDetections:
@@ -99,7 +70,7 @@ def view(tracker) -> str:
 
 
 def test_nothing_is_visible_without_a_token(tracker, client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "view-scope")
     base = view(tracker)
     for path in ("/", f"/sessions/{sid}", "/api/sessions", "/api/events", f"/api/sessions/{sid}/preview"):
         assert status_of(base + path) == 401, path
@@ -112,7 +83,7 @@ def test_nothing_is_visible_without_a_token(tracker, client):
         get(base + "/")
     assert "Sign in" in page.value.read().decode()  # a login form, and nothing of the sessions
     assert status_of(base + "/healthz") == 200
-    for token in (TOKEN, VIEWER_TOKEN):
+    for token in (TRACKER_TOKEN, VIEWER_TOKEN):
         with get(base + "/api/sessions", token) as r:
             assert [s["session_id"] for s in json.loads(r.read())["sessions"]] == [sid]
 
@@ -128,7 +99,7 @@ def test_the_viewer_token_is_read_only(tracker):
 
 
 def test_login_sets_a_cookie_that_is_not_the_token(tracker, client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "view-scope")
     base = view(tracker)
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
     form = urllib.parse.urlencode({"token": "wrong", "next": "/"}).encode()
@@ -144,7 +115,7 @@ def test_login_sets_a_cookie_that_is_not_the_token(tracker, client):
     assert len(cookies) == 1 and VIEWER_TOKEN not in cookies[0]
     with opener.open(f"{base}/api/sessions", timeout=10) as r:
         assert [s["session_id"] for s in json.loads(r.read())["sessions"]] == [sid]
-    with opener.open(f"{base}/login?token={TOKEN}&next=/sessions/{sid}", timeout=10) as r:
+    with opener.open(f"{base}/login?token={TRACKER_TOKEN}&next=/sessions/{sid}", timeout=10) as r:
         assert r.url == f"{base}/sessions/{sid}"
 
 
@@ -156,7 +127,7 @@ def read_event(stream) -> dict:
 
 
 def test_preview_is_kept_latest_only_and_shown_with_its_frame(tracker, client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "view-scope")
     image = MIC.frame(0).image
     acks = list(
         client.stream(
@@ -169,10 +140,10 @@ def test_preview_is_kept_latest_only_and_shown_with_its_frame(tracker, client):
         )
     )
     assert all(a.accepted and not a.error for a in acks)
-    with get(f"{view(tracker)}/api/sessions/{sid}/preview", TOKEN) as r:
+    with get(f"{view(tracker)}/api/sessions/{sid}/preview", TRACKER_TOKEN) as r:
         assert r.headers["Content-Type"] == "image/jpeg" and r.headers["X-Frame-Index"] == "2"
         assert Image.open(io.BytesIO(r.read())).size == (128, 128)
-    with get(f"{view(tracker)}/api/sessions/{sid}/events", TOKEN) as stream:
+    with get(f"{view(tracker)}/api/sessions/{sid}/events", TRACKER_TOKEN) as stream:
         first = read_event(stream)
     assert [row[0] for row in first["frames"]] == [0, 1, 2, 3]
     shown = first["shown"]
@@ -182,7 +153,7 @@ def test_preview_is_kept_latest_only_and_shown_with_its_frame(tracker, client):
 
 
 def test_a_preview_out_of_bounds_is_dropped_and_its_frame_stored(tracker, client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "view-scope")
 
     def png(side: int) -> bytes:
         buffer = io.BytesIO()
@@ -210,13 +181,13 @@ def test_a_preview_out_of_bounds_is_dropped_and_its_frame_stored(tracker, client
     ):
         assert error.startswith("frame stored, preview dropped") and expected in error, error
     assert client.GetSession(pb.SessionRef(session_id=sid)).frames_stored == len(bad)
-    assert status_of(f"{view(tracker)}/api/sessions/{sid}/preview", TOKEN) == 404
+    assert status_of(f"{view(tracker)}/api/sessions/{sid}/preview", TRACKER_TOKEN) == 404
 
 
 def test_a_stored_frame_reaches_an_open_viewer_within_a_second(tracker, client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "view-scope")
     list(client.stream([message(sid, 0)]))
-    with get(f"{view(tracker)}/api/sessions/{sid}/events", TOKEN) as stream:
+    with get(f"{view(tracker)}/api/sessions/{sid}/events", TRACKER_TOKEN) as stream:
         assert [row[0] for row in read_event(stream)["frames"]] == [0]
         for index in (1, 2, 3):
             (ack,) = client.stream([message(sid, index)])
@@ -232,10 +203,10 @@ def test_a_stored_frame_reaches_an_open_viewer_within_a_second(tracker, client):
 
 
 def test_control_room_rates_and_export_zip(tracker, client):
-    sid = open_session(client)
+    sid = open_session(client, CONFIG, "view-scope")
     list(client.stream([message(sid, i) for i in range(5)]))
     list(client.stream([message(sid, 2)]))  # a resend: a duplicate, not a failure
-    with get(f"{view(tracker)}/api/events", TOKEN) as stream:
+    with get(f"{view(tracker)}/api/events", TRACKER_TOKEN) as stream:
         (row,) = read_event(stream)["sessions"]
     assert row["microscope_id"] == "view-scope" and row["frames_stored"] == 5
     assert row["frames_per_s"] == pytest.approx(0.5) and row["rejected"] == 0
@@ -250,29 +221,15 @@ def test_control_room_rates_and_export_zip(tracker, client):
 
 
 def test_the_view_is_https_when_the_tracker_has_tls(tmp_path):
-    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    running = serve(
-        ServerConfig(
-            db=tmp_path / "t.db",
-            port=0,
-            metrics_port=-1,
-            view_port=0,
-            token=TOKEN,
-            tls_cert=str(cert),
-            tls_key=str(key),
-        )
+    key, cert = self_signed_certificate(tmp_path)
+    running = serve_tracker(
+        tmp_path / "t.db", metrics_port=-1, view_port=0, tls_cert=str(cert), tls_key=str(key)
     )
     try:
         context = ssl.create_default_context(cafile=str(cert))
-        with get(f"https://127.0.0.1:{running.view_port}/api/sessions", TOKEN, context) as r:
+        with get(f"https://127.0.0.1:{running.view_port}/api/sessions", TRACKER_TOKEN, context) as r:
             assert json.loads(r.read()) == {"sessions": []}
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not served
-            get(f"http://127.0.0.1:{running.view_port}/api/sessions", TOKEN)
+            get(f"http://127.0.0.1:{running.view_port}/api/sessions", TRACKER_TOKEN)
     finally:
         running.stop(0.5)

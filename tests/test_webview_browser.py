@@ -19,6 +19,7 @@ from loopstream.core.simulator import SimulationConfig
 from loopstream.dev.stack import LocalStack
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
+from tests.conftest import session_spec
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: scripts/test")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -84,13 +85,7 @@ def test_pages_follow_a_live_run(stack: LocalStack, browser) -> None:
     endpoints = Endpoints(
         stack.triton_url, stack.tracker_url, stack.token, reconnect_timeout_s=30, preview_every=PREVIEW_EVERY
     )
-    spec = pb.SessionSpec(
-        microscope_id="browser-scope",
-        sample="simulated 316L",
-        pixel_size_nm=CONFIG.pixel_size_nm,
-        frame_rate_hz=CONFIG.frame_rate_hz,
-        dose_rate_ions_cm2_s=CONFIG.dose_rate_ions_cm2_s,
-    )
+    spec = session_spec(CONFIG, "browser-scope", sample="simulated 316L")
     source = SimulatorSource(CONFIG, seed=5)
     with MicroscopeSession(endpoints, spec) as session:
         sid = session.session.session_id

@@ -3,9 +3,9 @@
 ``loopstream-tracker export SESSION --out DIR`` writes a session's export instead.
 
 Every flag can also be set by an environment variable LOOPSTREAM_TRACKER_<FLAG> (upper snake
-case, e.g. LOOPSTREAM_TRACKER_PORT); a flag on the command line wins. The bearer token comes from
---token-file or LOOPSTREAM_TRACKER_TOKEN; without one the tracker refuses to start unless
---no-auth says so explicitly.
+case, e.g. LOOPSTREAM_TRACKER_PORT; ``--help`` names each); a flag on the command line wins. The
+bearer token comes from --token-file or LOOPSTREAM_TRACKER_TOKEN; without one the tracker refuses
+to start unless --no-auth says so explicitly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from loopstream.core.env_flags import EnvFlags
 from loopstream.tracker.auth import read_token
 from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.engine import Defaults
@@ -53,124 +54,95 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def _env(name: str, default):
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
-
-
-def _truthy(value: str | bool) -> bool:
-    return value if isinstance(value, bool) else value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def parser() -> argparse.ArgumentParser:
-    d = Defaults()
+    """The service's flags; every default is ServerConfig's or Defaults' (one source for both)."""
+    c, d = ServerConfig(), Defaults()
     p = argparse.ArgumentParser(prog="loopstream-tracker", description=__doc__.split("\n")[0])
-    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
-    p.add_argument("--port", type=int, default=int(_env("port", 50061)), help="gRPC port; 0 = ephemeral")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("metrics_port", 9102)),
-        help="Prometheus port; 0 = ephemeral, -1 = off",
+    flags = EnvFlags(p, ENV_PREFIX)
+    flags.add("--host", default=c.host, help="address to bind")
+    flags.add("--port", type=int, default=c.port, help="gRPC port; 0 = ephemeral")
+    flags.add(
+        "--metrics-port", type=int, default=c.metrics_port, help="Prometheus port; 0 = ephemeral, -1 = off"
     )
-    p.add_argument(
+    flags.add(
         "--view-port",
         type=int,
-        default=int(_env("view_port", -1)),
+        default=c.view_port,
         help="live web view (HTTPS when --tls-cert is set), e.g. 8090; 0 = ephemeral, -1 = off",
     )
-    p.add_argument(
-        "--view-port-file", default=_env("view_port_file", None), help="write the web view's port here"
-    )
-    p.add_argument(
+    flags.add("--view-port-file", help="write the web view's port here")
+    flags.add(
         "--viewer-token-file",
-        default=_env("viewer_token_file", None),
         help="file holding a read-only token for the web view (the gRPC API does not accept it)",
     )
-    p.add_argument(
-        "--port-file", default=_env("port_file", None), help="write the bound gRPC port here once serving"
-    )
-    p.add_argument("--db", default=_env("db", "./loopstream-tracker.db"), help="SQLite store file")
-    p.add_argument(
+    flags.add("--port-file", help="write the bound gRPC port here once serving")
+    flags.add("--db", default=str(c.db), help="SQLite store file")
+    flags.add(
         "--migrate-only",
         action="store_true",
-        default=_truthy(_env("migrate_only", False)),
         help="bring the store to this version's schema, then exit (before an upgrade: a large store "
         "takes ~1 min per GB, longer than a startup probe waits)",
     )
-    p.add_argument(
+    flags.add(
         "--sync",
         choices=["full", "normal"],
-        default=_env("sync", "full"),
+        default=c.synchronous.lower(),
         help="full: fsync every frame before its ack (survives power loss); normal: ~2x faster, survives "
         "tracker crashes only",
     )
-    p.add_argument(
+    flags.add(
         "--max-message-bytes",
         type=int,
-        default=int(_env("max_message_bytes", ServerConfig.max_message_bytes)),
+        default=c.max_message_bytes,
         help="largest message a client may send (one frame's detections, ~100 bytes per loop); "
         "clients state the same with loopstream-client --tracker-max-message-bytes",
     )
-    p.add_argument("--token-file", default=_env("token_file", None), help="file holding the bearer token")
-    p.add_argument(
-        "--no-auth",
-        action="store_true",
-        default=_truthy(_env("no_auth", False)),
-        help="serve without authentication",
-    )
-    p.add_argument(
-        "--tls-cert", default=_env("tls_cert", None), help="PEM certificate chain (with --tls-key)"
-    )
-    p.add_argument("--tls-key", default=_env("tls_key", None), help="PEM private key (with --tls-cert)")
-    p.add_argument(
-        "--default-model", default=_env("default_model", d.model_name), help="Triton model for sessions"
-    )
-    p.add_argument(
-        "--default-model-version",
-        default=_env("default_model_version", d.model_version),
-        help="Triton model version; empty = latest",
-    )
-    p.add_argument(
+    flags.add("--token-file", help="file holding the bearer token")
+    flags.add("--no-auth", action="store_true", help="serve without authentication")
+    flags.add("--tls-cert", help="PEM certificate chain (with --tls-key)")
+    flags.add("--tls-key", help="PEM private key (with --tls-cert)")
+    flags.add("--default-model", default=d.model_name, help="Triton model for sessions")
+    flags.add("--default-model-version", default=d.model_version, help="Triton model version; empty = latest")
+    flags.add(
         "--ab-policy",
-        default=_env("ab_policy", None),
         help='A/B policy JSON {"pipeline": NAME, "arms": {VERSION: WEIGHT}}, '
         "see loopstream.tracker.rollout; re-read on change; overrides --default-model*",
     )
-    p.add_argument(
+    flags.add(
         "--search-range-nm",
         type=float,
-        default=float(_env("search_range_nm", d.search_range_nm)),
+        default=d.search_range_nm,
         help="default linking search radius (nm) for sessions that do not set one",
     )
-    p.add_argument(
+    flags.add(
         "--memory-frames",
         type=int,
-        default=int(_env("memory_frames", d.memory_frames)),
+        default=d.memory_frames,
         help="default number of frames a vanished loop is remembered",
     )
-    p.add_argument(
+    flags.add(
         "--skip-integrity-check",
         action="store_true",
-        default=_truthy(_env("skip_integrity_check", False)),
+        default=not c.check_integrity,
         help="start without PRAGMA quick_check of the store (it reads the whole file: ~seconds per GB)",
     )
-    p.add_argument(
+    flags.add(
         "--max-watchers",
         type=int,
-        default=int(_env("max_watchers", ServerConfig.max_watchers)),
+        default=c.max_watchers,
         help="WatchStatistics streams open at once; one more is refused (RESOURCE_EXHAUSTED)",
     )
-    p.add_argument(
+    flags.add(
         "--max-detection-streams",
         type=int,
-        default=int(_env("max_detection_streams", ServerConfig.max_detection_streams)),
+        default=c.max_detection_streams,
         help="StreamDetections streams open at once (one per microscope); one more is refused",
     )
-    p.add_argument(
+    flags.add(
         "--log-level",
         type=str.lower,
         choices=["debug", "info", "warning", "error"],
-        default=_env("log_level", "info"),
+        default="info",
         help="least severe level logged",
     )
     return p
@@ -239,9 +211,15 @@ def export_parser() -> argparse.ArgumentParser:
         description="Write a session's export (CSV and Parquet tables, PNG plots, session.json) to a folder.",
     )
     p.add_argument("session_id", help="the session (loopstream-client prints it; ListSessions lists them)")
-    p.add_argument("--tracker", default=_env("url", "127.0.0.1:50061"), help="tracker HOST:PORT")
-    p.add_argument("--token-file", default=_env("token_file", None), help="file holding the bearer token")
-    p.add_argument("--ca", default=_env("ca", None), help="PEM CA bundle: use TLS and trust these roots")
+    flags = EnvFlags(p, ENV_PREFIX)
+    flags.add(
+        "--tracker",
+        env=ENV_PREFIX + "URL",
+        default=f"127.0.0.1:{ServerConfig.port}",
+        help="tracker HOST:PORT",
+    )
+    flags.add("--token-file", help="file holding the bearer token")
+    flags.add("--ca", help="PEM CA bundle: use TLS and trust these roots")
     p.add_argument("--out", type=Path, default=Path("."), help="folder to write the files into")
     return p
 
@@ -254,9 +232,12 @@ def export_main(argv: list[str]) -> int:
     client = TrackerClient(args.tracker, token, credentials)
     try:
         with tqdm(unit="B", unit_scale=True, desc="export", file=sys.stderr) as bar:
-            files = client.export(
-                args.session_id, args.out, lambda name, n: (bar.set_postfix_str(name), bar.update(n))
-            )
+
+            def progress(name: str, n: int) -> None:
+                bar.set_postfix_str(name)
+                bar.update(n)
+
+            files = client.export(args.session_id, args.out, progress)
     except grpc.RpcError as e:
         print(f"export failed: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2

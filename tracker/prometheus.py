@@ -6,6 +6,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -125,7 +126,7 @@ class TrackerMetrics:
                 self._stored.popleft()
             return len(self._stored) / RATE_WINDOW_S
 
-    def serve_http(self, host: str, port: int):
+    def serve_http(self, host: str, port: int) -> WSGIServer:
         """Start /metrics on ``port`` (0 = ephemeral); returns the HTTP server (``server_port``)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server

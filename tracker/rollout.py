@@ -86,7 +86,7 @@ class RolloutPolicy:
             if not isinstance(shadow, dict) or set(shadow) != _SHADOW_KEYS:
                 raise ValueError('"shadow" must be {"version": "<v>", "fraction": <0..1>}')
             shadow = Shadow(str(shadow["version"]), shadow["fraction"])
-        return cls(doc.get("pipeline"), doc.get("arms"), shadow)
+        return cls(doc.get("pipeline", ""), doc.get("arms", {}), shadow)  # validated there
 
     @classmethod
     def from_json(cls, text: str) -> RolloutPolicy:

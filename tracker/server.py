@@ -10,6 +10,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -64,7 +65,7 @@ class RunningTracker:
     engine: TrackerEngine
     health: health.HealthServicer
     metrics: TrackerMetrics
-    _http: object | None = None
+    _http: WSGIServer | None = None
     view: WebView | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -142,7 +143,7 @@ def serve(config: ServerConfig) -> RunningTracker:
     server.start()
     if view is not None:
         try:
-            tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+            tls = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
             view.start(config.host, config.view_port, tls)
         except BaseException:
             server.stop(0)

@@ -109,7 +109,7 @@ class WebView:
         self._shown_cache: dict[str, dict] = {}
         self._cache_lock = threading.Lock()
         self._streams = 0
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()  # binds to the view's loop at its first wait (Python >= 3.10)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -172,21 +172,21 @@ class WebView:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(*tls)
             self.scheme = "https"
-        self._loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()
         started = threading.Event()
         failure: list[BaseException] = []
 
         def run() -> None:
-            asyncio.set_event_loop(self._loop)
+            asyncio.set_event_loop(loop)
             try:
-                self._loop.run_until_complete(self._serve(host, port, context))
+                loop.run_until_complete(self._serve(host, port, context))
             except BaseException as e:
                 failure.append(e)
                 started.set()
                 return
             started.set()
-            self._loop.run_forever()
-            self._loop.close()
+            loop.run_forever()
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="webview", daemon=True)
         self._thread.start()
@@ -196,7 +196,6 @@ class WebView:
         return self.port
 
     async def _serve(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
-        self._stopping = asyncio.Event()
         self._runner = web.AppRunner(
             self._app(), access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE_S
         )
@@ -207,21 +206,23 @@ class WebView:
 
     def stop(self) -> None:
         """End the live streams, stop serving, join the thread."""
-        if self._loop is None:
+        loop, runner, thread = self._loop, self._runner, self._thread
+        if loop is None or thread is None:
             return
 
         async def shutdown() -> None:
             self._stopping.set()
-            await self._runner.cleanup()
+            if runner is not None:  # None when serving failed to start
+                await runner.cleanup()
             # Streams still open after the grace period end here, not half-destroyed at loop close.
             left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
-            self._loop.stop()
+            loop.stop()
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        self._thread.join(STOP_GRACE_S + 5)
+        asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        thread.join(STOP_GRACE_S + 5)
         self._reads.shutdown(wait=True)
         self._loop = None
 
@@ -456,7 +457,7 @@ class WebView:
             headers={"Cache-Control": "no-store", "X-Frame-Index": str(preview.frame_index)},
         )
 
-    async def _export(self, request: web.Request) -> web.Response:
+    async def _export(self, request: web.Request) -> web.StreamResponse:
         sid = request.match_info["sid"]
         try:
             archive = await self._read(self._zip_export, sid)

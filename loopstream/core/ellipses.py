@@ -169,7 +169,7 @@ def _split(
         return [(order, component, x0, y0, foreground)]  # one seed floods its whole component
     pixels = np.flatnonzero(seed_labels)
     ids, first = np.unique(seed_labels.ravel()[pixels], return_index=True)
-    order = {
+    seed_order = {
         int(i): _raster(int(pixels[f]), crop_width, x0, y0, width) for i, f in zip(ids, first, strict=True)
     }
     basins = watershed(-foreground, seed_labels, mask=component)
@@ -177,7 +177,7 @@ def _split(
     for label, (r, c) in _region_slices(basins):
         region = basins[r, c] == label
         if region.sum() >= min_area_px:
-            loops.append((order[label], region, x0 + c.start, y0 + r.start, foreground[r, c]))
+            loops.append((seed_order[label], region, x0 + c.start, y0 + r.start, foreground[r, c]))
     return loops
 
 

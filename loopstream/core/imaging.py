@@ -125,7 +125,7 @@ class Mosaic:
             y0, x0 = self._origin[blocks[0][0]]
             tile = self.tile_maps[blocks[0][0]]
             return tile[channels, rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0].copy()
-        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        shape: tuple[int, ...] = (rows.stop - rows.start, cols.stop - cols.start)
         first = self.tile_maps[0]
         if channel is None:
             shape = (first.shape[0], *shape)

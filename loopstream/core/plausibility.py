@@ -69,7 +69,7 @@ def loop_contrast(detections: pd.DataFrame, image: np.ndarray) -> np.ndarray:
         window = image[y0:y1, x0:x1].astype(np.float64)
         inside = np.zeros(window.shape, np.uint8)
         centre = (float(d.x_px) - x0, float(d.y_px) - y0)
-        cv2.ellipse(inside, (centre, (float(d.major_px), float(d.minor_px)), float(d.angle_deg)), 1, -1)
+        cv2.ellipse(inside, (centre, (float(d.major_px), float(d.minor_px)), float(d.angle_deg)), (1,), -1)
         near = cv2.dilate(inside, np.ones((2 * RING_GAP_PX + 1,) * 2, np.uint8))
         loop, ring = window[inside > 0], window[near == 0]
         if loop.size == 0 or ring.size == 0:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,13 +115,13 @@ class SimulatedMicroscope:
         h, w = c.shape
         dx, dy = self.stage_offset(index)
         # The background moves with the sample: sample point (X, Y) appears at (X + dx, Y + dy).
-        shift = np.float32([[1, 0, dx - self._margin], [0, 1, dy - self._margin]])
+        shift = np.array([[1, 0, dx - self._margin], [0, 1, dy - self._margin]], np.float32)
         image = cv2.warpAffine(self._background, shift, (w, h), flags=cv2.INTER_LINEAR)
         for loop in self._ellipses(index, margin_px=c.max_major_px / 2 + 3).itertuples(index=False):
             _stamp_loop(image, loop, c.loop_contrast * c.background_mean)
         image = cv2.GaussianBlur(image, (0, 0), 1.2)
         rng = np.random.default_rng([self.seed, 2, index])
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(c.noise_sigma)
+        image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(c.noise_sigma)
         if c.dtype == "uint8":
             return np.clip(image, 0, 255).astype(np.uint8)
         return np.clip(image * 64.0, 0, 65535).astype(np.uint16)
@@ -188,7 +189,8 @@ def _coalescing(loops: pd.DataFrame, c: SimulationConfig, rng: np.random.Generat
     """
     h, w = c.shape
     vx, vy = c.drift_px_per_frame
-    rows, used = [], set()
+    rows: list[dict[str, float]] = []
+    used: set[int] = set()
     for _ in range(50 * c.coalescences):
         if len(rows) == c.coalescences:
             break
@@ -237,12 +239,13 @@ def _background(c: SimulationConfig, margin: int, rng: np.random.Generator) -> n
         ang = rng.uniform(0, np.pi)
         length = rng.uniform(0.5, 1.5) * max(h, w)
         p1 = (int(p0[0] + length * np.cos(ang)), int(p0[1] + length * np.sin(ang)))
-        cv2.line(lines, p0, p1, float(rng.uniform(25, 45)), thickness=int(rng.uniform(12, 40)))
+        cv2.line(lines, p0, p1, (float(rng.uniform(25, 45)),), thickness=int(rng.uniform(12, 40)))
     return field - cv2.GaussianBlur(lines, (0, 0), 9.0)
 
 
-def _stamp_loop(image: np.ndarray, loop: tuple, depth: float) -> None:
-    """Darken ``image`` in place by one loop: a filled ellipse with soft edges and a darker rim."""
+def _stamp_loop(image: np.ndarray, loop: Any, depth: float) -> None:
+    """Darken ``image`` in place by one loop (a row of ``itertuples``: x_px, y_px, major_px,
+    minor_px, angle_deg): a filled ellipse with soft edges and a darker rim."""
     a, b = loop.major_px / 2.0, loop.minor_px / 2.0
     r = int(np.ceil(a)) + 3
     cx, cy = loop.x_px, loop.y_px

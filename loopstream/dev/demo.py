@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         # The link signs the browser in (a cookie) and opens the control room; local, so the token
         # in it goes nowhere else. It works while the demo runs.
         print(f"live view: {stack.view_url}/login?token={stack.token}", flush=True)
-        runs = [
+        runs: list[tuple[str, pb.SessionSpec, SimulatorSource | DirectorySource, int]] = [
             (
                 "simulated",
                 pb.SessionSpec(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import grpc
 import pandas as pd
 from tritonclient.utils import InferenceServerException
 
+from loopstream.core.env_flags import EnvFlags
 from loopstream.ops.pool import (
     PoolError,
     discover_replicas,
@@ -52,6 +52,7 @@ from loopstream.tracker.statistics import ARM_STATISTICS
 from loopstream.v1 import tracker_pb2 as pb
 
 # shadow_f1 is shown, not differenced: only sessions off the candidate shadow, so it has no control value.
+ENV_PREFIX = "LOOPSTREAM_"
 COMPARED = ["loops_per_frame", "mean_major_nm", "latency_p50_s"]
 
 
@@ -93,37 +94,26 @@ def format_comparison(table: pd.DataFrame, control: str) -> str:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm").to_string()
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"LOOPSTREAM_{name}", default)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopstream-rollout", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--policy-file", type=Path, default=_env("POLICY_FILE"), help="the A/B policy JSON the tracker reads"
+    flags = EnvFlags(parser, ENV_PREFIX)
+    flags.add("--policy-file", type=Path, help="the A/B policy JSON the tracker reads")
+    flags.add("--replicas", env="LOOPSTREAM_TRITON_REPLICAS", help="Triton gRPC host:port,...")
+    flags.add(
+        "--triton-service", help="Kubernetes headless Service of the Triton pool (instead of --replicas)"
     )
-    parser.add_argument("--replicas", default=_env("TRITON_REPLICAS"), help="Triton gRPC host:port,...")
-    parser.add_argument(
-        "--triton-service",
-        default=_env("TRITON_SERVICE"),
-        help="Kubernetes headless Service of the Triton pool (instead of --replicas)",
+    flags.add("--namespace", default="default", help="its namespace")
+    flags.add("--grpc-port-name", default="grpc", help="its gRPC port's name")
+    flags.add(
+        "--triton-admin-header-key", default=DEFAULT_KEY, help="name of the header the pool's admin APIs need"
     )
-    parser.add_argument("--namespace", default=_env("NAMESPACE", "default"), help="its namespace")
-    parser.add_argument(
-        "--grpc-port-name", default=_env("GRPC_PORT_NAME", "grpc"), help="its gRPC port's name"
-    )
-    parser.add_argument(
-        "--triton-admin-header-key",
-        default=_env("TRITON_ADMIN_HEADER_KEY", DEFAULT_KEY),
-        help="name of the header the pool's admin APIs need",
-    )
-    parser.add_argument(
+    flags.add(
         "--triton-admin-header-value",
-        default=_env("TRITON_ADMIN_HEADER_VALUE", ""),
+        default="",
         help="its secret value (better from the environment); empty: send none",
     )
-    parser.add_argument("--tracker", default=_env("TRACKER_URL"), help="tracker host:port (status, compare)")
-    parser.add_argument("--token", default=_env("TRACKER_TOKEN"), help="the tracker's bearer token")
+    flags.add("--tracker", env="LOOPSTREAM_TRACKER_URL", help="tracker host:port (status, compare)")
+    flags.add("--token", env="LOOPSTREAM_TRACKER_TOKEN", help="the tracker's bearer token")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "status", help="the policy (in the file and loaded by the tracker), the versions each replica serves"
@@ -289,10 +279,12 @@ def arm_table(reply: pb.ArmStatisticsReply) -> pd.DataFrame:
 
 def _compare(args: argparse.Namespace) -> int:
     policy, _ = _loaded_policy(args)
-    if policy is None and (args.pipeline is None or args.control is None):
+    if policy is not None:
+        pipeline, control = args.pipeline or policy.pipeline, args.control or policy.control
+    elif args.pipeline is None or args.control is None:
         raise ValueError("the tracker has no A/B policy: give --pipeline and --control")
-    pipeline = args.pipeline or policy.pipeline
-    control = args.control or policy.control
+    else:
+        pipeline, control = args.pipeline, args.control
     client = _tracker(args)
     try:
         reply = client.GetArmStatistics(

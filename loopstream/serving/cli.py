@@ -18,56 +18,54 @@ import sys
 import threading
 from pathlib import Path
 
+from loopstream.core.env_flags import EnvFlags
 from loopstream.serving.admin import ADMIN_APIS, API_GROUPS, DEFAULT_KEY, AdminHeader
 from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 
-
-def _env(flag: str, default: str) -> str:
-    return os.environ.get(f"LOOPSTREAM_SERVE_{flag.upper().replace('-', '_')}", default)
+ENV_PREFIX = "LOOPSTREAM_SERVE_"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopstream-serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=Path(_env("repository", str(REPOSITORY))))
-    parser.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on")
-    for name, default in (("grpc-port", "8001"), ("http-port", "8000"), ("metrics-port", "8002")):
-        parser.add_argument(f"--{name}", type=int, default=int(_env(name, default)), help="0: a free port")
-    parser.add_argument(
+    flags = EnvFlags(parser, ENV_PREFIX)
+    flags.add("--repository", type=Path, default=REPOSITORY)
+    flags.add("--host", default="127.0.0.1", help="address to listen on")
+    for name, default in (("--grpc-port", 8001), ("--http-port", 8000), ("--metrics-port", 8002)):
+        flags.add(name, type=int, default=default, help="0: a free port")
+    flags.add(
         "--model-control",
         choices=["none", "explicit", "poll"],
-        default=_env("model-control", "none"),
+        default="none",
         help="explicit: load/unload model versions at run time through the repository API",
     )
     parser.add_argument(
         "--load-model", action="append", default=[], help="with explicit control: a model to load at start"
     )
-    parser.add_argument(
+    flags.add(
         "--ort-threads",
         type=int,
-        default=int(_env("ort-threads", "0")),
+        default=0,
         help="ONNX Runtime threads per core-model instance (0 = the repository's setting)",
     )
-    parser.add_argument(
-        "--admin-header-key", default=_env("admin-header-key", DEFAULT_KEY), help="the admin header's name"
-    )
-    parser.add_argument(
+    flags.add("--admin-header-key", default=DEFAULT_KEY, help="the admin header's name")
+    flags.add(
         "--admin-header-value",
-        default=_env("admin-header-value", ""),
+        default="",
         help="the admin header's secret value; empty: admin APIs open to every client",
     )
-    parser.add_argument(
+    flags.add(
         "--admin-apis",
-        default=_env("admin-apis", ",".join(ADMIN_APIS)),
+        default=",".join(ADMIN_APIS),
         help=f"Triton API groups that need the header, of {','.join(API_GROUPS)}",
     )
-    parser.add_argument(
+    flags.add(
         "--cache-dir",
         type=Path,
-        default=Path(_env("cache-dir", ".cache/triton")),
+        default=Path(".cache/triton"),
         help="one server's working directory; what a killed server left there is removed at start",
     )
     parser.add_argument("--log", type=Path, default=None, help="tritonserver log file (default: stdout)")
-    parser.add_argument("--ready-timeout-s", type=float, default=float(_env("ready-timeout-s", "300")))
+    flags.add("--ready-timeout-s", type=float, default=300.0)
     return parser
 
 
@@ -104,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"loopstream-serve: {exc}", file=sys.stderr)
         return 1
+    assert server.process is not None  # start_triton returns a started server
     listening = {
         "event": "listening",
         "grpc": f"{args.host}:{options.ports.grpc}",

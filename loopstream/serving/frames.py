@@ -89,7 +89,7 @@ def prepare_frame(
     (per-frame standardisation by default), then cut tiles; with ``stride_px``, a frame smaller
     than a tile gets one tile just large enough."""
     validate_frame(frame)
-    source_shape = frame.shape
+    source_shape = (frame.shape[0], frame.shape[1])
     if scale != 1.0:
         size = (max(round(frame.shape[1] * scale), 1), max(round(frame.shape[0] * scale), 1))
         if max(size) > MAX_SIDE_PX or min(size) < MIN_SIDE_PX:
@@ -99,8 +99,9 @@ def prepare_frame(
                 f"and {MAX_SIDE_PX} px: bin or crop the frame on the client"
             )
         frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    shape = (frame.shape[0], frame.shape[1])
     if stride_px:
-        tile_px = fitted_tile_px(frame.shape, tile_px, stride_px)
-    tiles = tile_grid(frame.shape, tile_px, overlap_px)
+        tile_px = fitted_tile_px(shape, tile_px, stride_px)
+    tiles = tile_grid(shape, tile_px, overlap_px)
     image = NORMALISATIONS[normalisation](frame)
-    return PreparedFrame(frame.shape, tiles, cut_tiles(image, tiles), image, scale, source_shape)
+    return PreparedFrame(shape, tiles, cut_tiles(image, tiles), image, scale, source_shape)

@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,7 +41,7 @@ class ServiceProcess:
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
         self._lock = lock
 
     def start(self) -> ServiceProcess:
