@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from loopstream.client.shadow import agreement
+from loopstream.core.imaging import Tile
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.serving import repository
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
@@ -44,11 +48,18 @@ NON_SQUARE = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize(
-    "shape", [(1024, 1024), pytest.param((600, 1000), marks=NON_SQUARE)], ids=["1024x1024", "600x1000"]
+    ("shape", "tiles"),
+    [
+        ((1024, 1024), 1),
+        pytest.param((600, 1000), 1, marks=NON_SQUARE),
+        ((710, 1120), 1),  # the real FeCrAl video's frames
+        ((2560, 1024), 2),  # two tiles of 1312 x 1024, 64 px overlap
+    ],
+    ids=["1024x1024", "600x1000", "710x1120", "2560x1024"],
 )
-def test_whole_frame_finds_the_loops_of_512_px_tiles(url, shape):
+def test_whole_frame_finds_the_loops_of_512_px_tiles(url, shape, tiles):
     frame = SimulatedMicroscope(SimulationConfig(shape=shape, initial_loops=16), seed=shape[0]).render(2)
-    assert len(Pipeline(SHIPPED).prepare(frame).tiles) == 1
+    assert len(Pipeline(SHIPPED).prepare(frame).tiles) == tiles
     tiled = infer_detections(url, PIPELINE, frame, "1")
     whole = infer_detections(url, PIPELINE, frame, "2")
     assert len(tiled) > 25
@@ -56,11 +67,26 @@ def test_whole_frame_finds_the_loops_of_512_px_tiles(url, shape):
     assert match.f1 >= 0.99, f"{match}"
 
 
-def test_tiles_fit_the_frame_padded_to_the_stride():
+def test_tiles_are_padded_only_to_the_stride_on_each_side():
     spec = PipelineSpec(tile_px=2048, overlap_px=64, stride_px=32)
     small = Pipeline(spec).prepare(np.zeros((300, 500), np.uint16))
-    assert [t.size for t in small.tiles] == [512] and small.tiles_input.shape == (1, 1, 512, 512)
+    assert small.tiles == [Tile(0, 0, 320, 512)] and small.tiles_input.shape == (1, 1, 320, 512)
+    fecral = Pipeline(spec).prepare(np.zeros((710, 1120), np.uint8))
+    assert fecral.tiles_input.shape == (1, 1, 736, 1120)
     large = Pipeline(spec).prepare(np.zeros((4096, 2048), np.uint8))
-    assert {t.size for t in large.tiles} == {2048} and len(large.tiles) == 3
+    assert large.tiles == [Tile(0, 0, 1408, 2048), Tile(1344, 0, 1408, 2048), Tile(2688, 0, 1408, 2048)]
     with pytest.raises(ValueError, match="stride_px 48 must be 0 or divide tile_px 2048"):
         PipelineSpec(tile_px=2048, stride_px=48)
+    with pytest.raises(ValueError, match="overlap_px 512 must be at least 0 and below tile_px 512"):
+        PipelineSpec(tile_px=512, overlap_px=512)
+
+
+def test_the_shipped_network_takes_any_height_and_width():
+    """The exported graph and the core config leave height and width free, each on its own."""
+    graph = onnx.load(CORE_MODEL).graph
+    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in graph.input]
+    assert dims == [["n", 1, "height", "width"]]
+    config = text_format.Parse(
+        (REPOSITORY / f"{PIPELINE}_core" / "config.pbtxt").read_text(), mc.ModelConfig()
+    )
+    assert [list(i.dims) for i in config.input] == [[1, -1, -1]] and config.max_batch_size > 0

@@ -54,7 +54,7 @@ import pandas as pd
 
 from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.ellipses import ellipse_of_contour, empty_detections
-from loopstream.core.imaging import Tile
+from loopstream.core.imaging import Tile, seam_bounds
 from loopstream.serving.frames import PreparedFrame
 
 if TYPE_CHECKING:
@@ -125,13 +125,12 @@ def paste_mask(
 def owned_regions(tiles: Sequence[Tile], shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """(r0, c0, r1, c1) of the frame each tile owns: cut at the middle of every overlap."""
 
-    def seams(starts: list[int], length: int) -> dict[int, tuple[int, int]]:
-        size = tiles[0].size
-        bounds = [0, *((a + b + size) // 2 for a, b in itertools.pairwise(starts)), length]
+    def seams(starts: list[int], size: int, length: int) -> dict[int, tuple[int, int]]:
+        bounds = seam_bounds(starts, size, length)
         return dict(zip(starts, itertools.pairwise(bounds), strict=True))
 
-    rows = seams(sorted({t.y0 for t in tiles}), shape[0])
-    cols = seams(sorted({t.x0 for t in tiles}), shape[1])
+    rows = seams(sorted({t.y0 for t in tiles}), tiles[0].height, shape[0])
+    cols = seams(sorted({t.x0 for t in tiles}), tiles[0].width, shape[1])
     regions = []
     for t in tiles:
         (r0, r1), (c0, c1) = rows[t.y0], cols[t.x0]
@@ -148,7 +147,7 @@ def tile_instances(
 ) -> list[Instance]:
     """The loops of one tile whose box centre lies in the tile's owned region, in frame px."""
     r0, c0, r1, c1 = owned
-    visible = (min(tile.size, shape[0] - tile.y0), min(tile.size, shape[1] - tile.x0))
+    visible = (min(tile.height, shape[0] - tile.y0), min(tile.width, shape[1] - tile.x0))
     out = []
     for box, score, probs in zip(detections.boxes, detections.scores, detections.mask_probs, strict=True):
         cx, cy = tile.x0 + (box[0] + box[2]) / 2, tile.y0 + (box[1] + box[3]) / 2

@@ -52,13 +52,19 @@ class PipelineSpec:
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
     core_format: str = "onnx"  # or "torchscript": how the core network was exported
-    # > 0 for fully convolutional networks (their stride): a frame smaller than a tile is one
-    # tile of its longer side rounded up to it, so tiles as large as memory allows waste nothing.
+    # > 0: the network's stride (the multiple its input is padded to). Each side's tiles are then
+    # the fewest of at most tile_px overlapping by at least overlap_px, each the smallest multiple
+    # of it that does (``loopstream.core.imaging.tile_side``): a frame smaller than a tile is one
+    # tile padded only to the stride on each side. 0: square tiles of tile_px.
     stride_px: int = 0
 
     def __post_init__(self) -> None:
         if self.stride_px < 0 or (self.stride_px and self.tile_px % self.stride_px):
             raise ValueError(f"stride_px {self.stride_px} must be 0 or divide tile_px {self.tile_px}")
+        if not 0 <= self.overlap_px < self.tile_px:
+            raise ValueError(
+                f"overlap_px {self.overlap_px} must be at least 0 and below tile_px {self.tile_px}"
+            )
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; choose one of {FAMILIES}")
         if self.core_format not in CORE_FILES:
