@@ -52,10 +52,11 @@ class PipelineSpec:
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
     core_format: str = "onnx"  # or "torchscript": how the core network was exported
-    # > 0: the network's stride (the multiple its input is padded to). Each side's tiles are then
-    # the fewest of at most tile_px overlapping by at least overlap_px, each the smallest multiple
-    # of it that does (``loopstream.core.imaging.tile_side``): a frame smaller than a tile is one
-    # tile padded only to the stride on each side. 0: square tiles of tile_px.
+    # > 0: the multiple each side of the network's input must be (1: any size, as the shipped
+    # U-Net's graph takes). Each side's tiles are then the fewest of at most tile_px overlapping
+    # by at least overlap_px, each the smallest multiple of it that does
+    # (``loopstream.core.imaging.tile_side``): a frame smaller than a tile is one tile, padded on
+    # each side only to that multiple. 0: square tiles of tile_px.
     stride_px: int = 0
 
     def __post_init__(self) -> None:
