@@ -1,8 +1,9 @@
 """The instance-segmentation (Mask R-CNN) pipeline: frame in, loop detections out.
 
 Like ``loopstream.serving.semantic`` it is split around the core model call: ``prepare_frame``
-standardises the whole frame (``loopstream.core.imaging.standardise``) and cuts 512 px tiles with
-64 px overlap; the core model (``loopstream.models.maskrcnn.SingleImageExport``, one tile per
+standardises the whole frame (``loopstream.core.imaging.standardise``) and cuts tiles of at most
+512 px overlapping by at least the spec's ``overlap_px`` (``loopstream.core.imaging.tile_grid``);
+the core model (``loopstream.models.maskrcnn.SingleImageExport``, one tile per
 call) returns per tile ``boxes`` [K, 4] (tile px), ``scores`` [K] and ``mask_probs`` [K, 28, 28];
 ``frame_detections`` merges them into one table with ``loopstream.core.detections.LOOP_COLUMNS``.
 
@@ -11,12 +12,14 @@ Merging, so that a loop is found once and whole:
 1. A tile keeps only the detections whose box centre lies in the part of the frame it owns
    (split at the middle of each overlap, the seams of ``loopstream.core.imaging.stitch``). A loop cut
    by a tile edge is seen whole by the neighbour that owns its centre; the cut copy's box centre
-   sits on the far side of the seam for any loop up to the overlap (64 px) across.
+   sits on the far side of the seam for any loop up to the overlap across (so the overlap is at
+   least the largest loop's box: 96 px in the default version, whose network's largest box on
+   creme-ds25s is 92 px).
 2. Greedy mask-IoU NMS over the whole frame after the tiles are merged (highest score first,
    IoU > the spec's ``nms_iou`` suppressed): one loop, one detection. It removes duplicates that
    survive the network's box NMS within a tile, and what step 1 cannot: a loop whose box centre
    jitters across a seam between two tiles' views, or a cut copy of a loop larger than the
-   overlap (it covers > 64 / D of the loop).
+   overlap (it covers > overlap / D of the loop).
 
 Masks are pasted detectron2's way (``paste_mask``): bilinear sampling of the 28 x 28
 probabilities at pixel centres inside the box (``grid_sample``, ``align_corners=False``, zero

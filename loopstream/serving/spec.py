@@ -37,7 +37,7 @@ class PipelineSpec:
     architecture: str = ""
     description: str = ""
     tile_px: int = 512
-    overlap_px: int = 64  # >= the largest loop's diameter, so each loop is whole in one tile
+    overlap_px: int = 64  # at least; instance: >= the largest loop's box, so each is whole in one tile
     threshold: float = 0.5  # semantic: on pixel probability; instance: on the detection score
     min_area_px: int = 12  # a loop of fewer pixels (at the network's scale) is dropped
     # A loop's contrast against the background around it, as a significance in noise sigmas
