@@ -10,6 +10,9 @@ On one simulated 2048² frame, with ONNX Runtime on ``--threads`` threads:
   per 512² tile x tiles, exact for a fully convolutional net; Mask R-CNN on a real creme tile
   x 25 tiles, its heads' work depends on the detections), this machine's peak (float32 matrix
   product in PyTorch on the same threads) and the fraction of it each network reaches.
+- Mask R-CNN's tile grids before (v3: square 512 px tiles) and after (the default: the fewest
+  tiles that overlap 96 px, sides at the FPN's stride) and the network pixels they cost, for a
+  few frame shapes: counted, not timed (a 2048² frame has the same 25 tiles either way).
 - ONNX Runtime graph optimisation levels on one 512² U-Net tile.
 
 Wall time, best of ``--repeats``; the machine is shared, so read the ratios within the run.
@@ -72,11 +75,37 @@ def spec_of(pipeline: str, version: int) -> PipelineSpec:
     return PipelineSpec.read(REPOSITORY / pipeline / str(version) / "pipeline.json")
 
 
+def instance_grids(before_version: int) -> None:
+    """Mask R-CNN's tiles before (square 512 px, 64 px overlap) and after (the default version: the
+    fewest tiles that overlap enough, sides at the FPN's stride), and the network pixels they cost
+    (each tile is padded to a multiple of 32 inside the network)."""
+    after_version = default_version(REPOSITORY, "loops_instance")
+    before, after = (
+        Pipeline(spec_of("loops_instance", before_version)),
+        Pipeline(spec_of("loops_instance", after_version)),
+    )
+
+    def grid(pipeline: Pipeline, shape: tuple[int, int]) -> tuple[str, float]:
+        tiles = pipeline.prepare(np.zeros(shape, np.uint8)).tiles
+        side = [-(-n // 32) * 32 for n in (tiles[0].height, tiles[0].width)]
+        return f"{len(tiles)} x {tiles[0].height}x{tiles[0].width}", len(tiles) * side[0] * side[1] / 1e6
+
+    print(
+        f"\nMask R-CNN tile grids, loops_instance v{before_version} -> v{after_version} (network Mpx a frame)"
+    )
+    print("| frame | tiles before | Mpx | tiles after | Mpx | fewer pixels |")
+    print("|---|---|---|---|---|---|")
+    for shape in [(2048, 2048), (1024, 1024), (710, 1120), (300, 500)]:
+        (b, b_mpx), (a, a_mpx) = grid(before, shape), grid(after, shape)
+        print(f"| {shape[0]} x {shape[1]} | {b} | {b_mpx:.2f} | {a} | {a_mpx:.2f} | {b_mpx / a_mpx:.2f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--before", type=int, default=2, help="loops_semantic version of before")
+    p.add_argument("--before-instance", type=int, default=3, help="loops_instance version of before")
     args = p.parse_args()
     cv2.setNumThreads(1)
     frame = SimulatedMicroscope(SimulationConfig(shape=(2048, 2048), n_frames=1), seed=0).render(0)
@@ -142,6 +171,8 @@ def main() -> None:
     for name, total, seconds in rows:
         rate = total / seconds / 1e9
         print(f"| {name} | {total / 1e9:.0f} | {seconds:.2f} | {rate:.1f} | {rate / peak:.2f} |")
+
+    instance_grids(args.before_instance)
 
     print("\nONNX Runtime graph optimisation, U-Net tile 512², ms")
     tile = cut_tiles(standardise(frame), tile_grid((512, 512), 512, 64))
