@@ -4,8 +4,8 @@ On one simulated 2048² frame, with ONNX Runtime on ``--threads`` threads:
 
 - U-Net, before: the served pipeline until now (``loops_semantic`` v2: 25 tiles of 512 px with
   64 px overlap, then the full-frame post-processing: stitch, sigmoid, scipy labels, whole-frame
-  watershed); after: the default pipeline (v3: the same network on the whole frame, post-processing
-  on crops). Both give their detections; their matched-loop F1 is printed.
+  watershed, the plausibility filter); after: the default pipeline (v3: the same network on the
+  whole frame, post-processing on crops). Both give their detections; their matched-loop F1 is printed.
 - The networks' FLOPs per 2048² frame (``torch.utils.flop_counter`` on the eager models; U-Net
   per 512² tile x tiles, exact for a fully convolutional net; Mask R-CNN on a real creme tile
   x 25 tiles, its heads' work depends on the detections), this machine's peak (float32 matrix
@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from loopstream.client.shadow import agreement
 from loopstream.core.ellipses import detections_from_labels, labels_from_probability, probability
 from loopstream.core.imaging import cut_tiles, standardise, stitch, tile_grid
+from loopstream.core.plausibility import plausible_loops
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.maskrcnn import SingleImageExport
@@ -121,7 +122,9 @@ def main() -> None:
         logits = np.concatenate([network.run(i)["logits"] for i in before.core_inputs(prepared)])
         maps = probability(stitch(logits, prepared.tiles, prepared.shape))
         labels = labels_from_probability(maps[0], maps[1], before.spec.threshold, before.spec.min_area_px)
-        return detections_from_labels(labels, maps[0])
+        detections = detections_from_labels(labels, maps[0])
+        keep = plausible_loops(detections, prepared.image, before.spec.min_contrast, before.spec.min_major_px)
+        return detections[keep].reset_index(drop=True)  # as every served version filters
 
     def network_only(pipeline: Pipeline):
         prepared = pipeline.prepare(frame)

@@ -118,7 +118,8 @@ def loops_from_logits(
         candidate = components[rows, cols] == k
         inside = candidate & (foreground >= threshold)
         core = core >= threshold
-        parts = [(inside, slice(0, h), slice(0, w))] if np.array_equal(inside, candidate) else []
+        whole = np.count_nonzero(inside) == stats[k, cv2.CC_STAT_AREA]  # inside is within candidate
+        parts = [(inside, slice(0, h), slice(0, w))] if whole else []
         for part, r, c in parts or _exact_components(inside, min_area_px):
             loops += _split(
                 part, core[r, c] & part, foreground[r, c], x0 + c.start, y0 + r.start, width, min_area_px

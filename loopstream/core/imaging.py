@@ -153,12 +153,17 @@ class Mosaic:
     def select(self, channel: int, predicate: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Whole-frame boolean mask: ``predicate`` applied to each tile's share of one channel."""
         h, w = self.shape
-        out = np.empty((h, w), bool)
+        shares = []
         for i, r, c in self.blocks(slice(0, h), slice(0, w)):
             y0, x0 = self._origin[i]
-            out[r, c] = predicate(
-                self.tile_maps[i][channel, r.start - y0 : r.stop - y0, c.start - x0 : c.stop - x0]
+            shares.append(
+                (r, c, self.tile_maps[i][channel, r.start - y0 : r.stop - y0, c.start - x0 : c.stop - x0])
             )
+        if len(shares) == 1:  # one tile holds the frame (a whole-frame network): no copy
+            return np.ascontiguousarray(predicate(shares[0][2]))
+        out = np.empty((h, w), bool)
+        for r, c, share in shares:
+            out[r, c] = predicate(share)
         return out
 
 
