@@ -272,8 +272,8 @@ def _honest_fit(contour: np.ndarray) -> tuple[tuple[float, float], tuple[float, 
 def _clearly_two_dimensional(centred: np.ndarray) -> bool:
     """True when the smaller singular value of the centred points is far above ``matrix_rank``'s
     tolerance (1e-6): its square, the 2 x 2 scatter matrix's smaller eigenvalue, exceeds 1 while
-    rounding moves it by ~1e-16 of the trace. Every loop's contour passes, so the SVD runs only
-    for thin ones; the decision is the SVD's."""
+    rounding moves it by ~1e-16 of the trace. Nearly every loop contour passes, so the SVD runs
+    only for thin ones; the decision is the SVD's."""
     (sxx, sxy), (_, syy) = (centred.T @ centred).tolist()
     trace, det = sxx + syy, sxx * syy - sxy * sxy
     return trace > 0 and 2.0 * det / (trace + np.sqrt(max(trace * trace - 4.0 * det, 0.0))) > 1.0
