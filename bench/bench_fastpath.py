@@ -4,12 +4,15 @@ On one simulated 2048² frame, with ONNX Runtime on ``--threads`` threads:
 
 - U-Net, before: the served pipeline until now (``loops_semantic`` v2: 25 tiles of 512 px with
   64 px overlap, then the full-frame post-processing: stitch, sigmoid, scipy labels, whole-frame
-  watershed); after: the default pipeline (v3: the same network on the whole frame, post-processing
-  on crops). Both give their detections; their matched-loop F1 is printed.
+  watershed, the plausibility filter); after: the default pipeline (v3: the same network on the
+  whole frame, post-processing on crops). Both give their detections; their matched-loop F1 is printed.
 - The networks' FLOPs per 2048² frame (``torch.utils.flop_counter`` on the eager models; U-Net
   per 512² tile x tiles, exact for a fully convolutional net; Mask R-CNN on a real creme tile
   x 25 tiles, its heads' work depends on the detections), this machine's peak (float32 matrix
   product in PyTorch on the same threads) and the fraction of it each network reaches.
+- Mask R-CNN's tile grids before (v3: square 512 px tiles) and after (the default: the fewest
+  tiles that overlap 96 px, sides at the FPN's stride) and the network pixels they cost, for a
+  few frame shapes: counted, not timed (a 2048² frame has the same 25 tiles either way).
 - ONNX Runtime graph optimisation levels on one 512² U-Net tile.
 
 Wall time, best of ``--repeats``; the machine is shared, so read the ratios within the run.
@@ -31,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from loopstream.client.shadow import agreement
 from loopstream.core.ellipses import detections_from_labels, labels_from_probability, probability
 from loopstream.core.imaging import cut_tiles, standardise, stitch, tile_grid
+from loopstream.core.plausibility import plausible_loops
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.maskrcnn import SingleImageExport
@@ -62,11 +66,37 @@ def spec_of(pipeline: str, version: int) -> PipelineSpec:
     return PipelineSpec.read(REPOSITORY / pipeline / str(version) / "pipeline.json")
 
 
+def instance_grids(before_version: int) -> None:
+    """Mask R-CNN's tiles before (square 512 px, 64 px overlap) and after (the default version: the
+    fewest tiles that overlap enough, sides at the FPN's stride), and the network pixels they cost
+    (each tile is padded to a multiple of 32 inside the network)."""
+    after_version = default_version(REPOSITORY, "loops_instance")
+    before, after = (
+        Pipeline(spec_of("loops_instance", before_version)),
+        Pipeline(spec_of("loops_instance", after_version)),
+    )
+
+    def grid(pipeline: Pipeline, shape: tuple[int, int]) -> tuple[str, float]:
+        tiles = pipeline.prepare(np.zeros(shape, np.uint8)).tiles
+        side = [-(-n // 32) * 32 for n in (tiles[0].height, tiles[0].width)]
+        return f"{len(tiles)} x {tiles[0].height}x{tiles[0].width}", len(tiles) * side[0] * side[1] / 1e6
+
+    print(
+        f"\nMask R-CNN tile grids, loops_instance v{before_version} -> v{after_version} (network Mpx a frame)"
+    )
+    print("| frame | tiles before | Mpx | tiles after | Mpx | fewer pixels |")
+    print("|---|---|---|---|---|---|")
+    for shape in [(2048, 2048), (1024, 1024), (710, 1120), (300, 500)]:
+        (b, b_mpx), (a, a_mpx) = grid(before, shape), grid(after, shape)
+        print(f"| {shape[0]} x {shape[1]} | {b} | {b_mpx:.2f} | {a} | {a_mpx:.2f} | {b_mpx / a_mpx:.2f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--before", type=int, default=2, help="loops_semantic version of before")
+    p.add_argument("--before-instance", type=int, default=3, help="loops_instance version of before")
     args = p.parse_args()
     cv2.setNumThreads(1)
     frame = SimulatedMicroscope(SimulationConfig(shape=(2048, 2048), n_frames=1), seed=0).render(0)
@@ -82,7 +112,9 @@ def main() -> None:
         logits = np.concatenate([network.run(i)["logits"] for i in before.core_inputs(prepared)])
         maps = probability(stitch(logits, prepared.tiles, prepared.shape))
         labels = labels_from_probability(maps[0], maps[1], before.spec.threshold, before.spec.min_area_px)
-        return detections_from_labels(labels, maps[0])
+        detections = detections_from_labels(labels, maps[0])
+        keep = plausible_loops(detections, prepared.image, before.spec.min_contrast, before.spec.min_major_px)
+        return detections[keep].reset_index(drop=True)  # as every served version filters
 
     def network_only(pipeline: Pipeline):
         prepared = pipeline.prepare(frame)
@@ -132,6 +164,8 @@ def main() -> None:
     for name, total, seconds in rows:
         rate = total / seconds / 1e9
         print(f"| {name} | {total / 1e9:.0f} | {seconds:.2f} | {rate:.1f} | {rate / peak:.2f} |")
+
+    instance_grids(args.before_instance)
 
     print("\nONNX Runtime graph optimisation, U-Net tile 512², ms")
     tile = cut_tiles(standardise(frame), tile_grid((512, 512), 512, 64))

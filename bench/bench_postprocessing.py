@@ -60,7 +60,7 @@ def main() -> None:
     def served(outputs, prepared) -> pd.DataFrame:
         """``Pipeline.finish`` before its plausibility filter (which the full-frame path lacks)."""
         logits = [tile for o in outputs for tile in o["logits"]]
-        return semantic.finish_frame(logits, prepared, pipeline.config)[0]
+        return semantic.finish_frame(logits, prepared, pipeline.spec)[0]
 
     rows = []
     for index in tqdm(range(args.frames), desc="frames", unit="frame"):

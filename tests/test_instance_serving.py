@@ -119,8 +119,8 @@ def test_cut_copy_outside_the_owned_region_is_dropped():
     probs = np.ones((1, 28, 28), np.float32)
     # a loop cut by the tile's right edge: its box centre (x = 500) is right of the seam at 480
     cut = TileDetections(np.array([[490.0, 100.0, 512.0, 140.0]]), np.array([0.9]), probs)
-    assert tile_instances(cut, Tile(0, 0, 512), (0, 0, 512, 480), (1024, 1024), config) == []
-    kept = tile_instances(cut, Tile(0, 0, 512), (0, 0, 512, 512), (1024, 1024), config)
+    assert tile_instances(cut, Tile(0, 0, 512, 512), (0, 0, 512, 480), (1024, 1024), config) == []
+    kept = tile_instances(cut, Tile(0, 0, 512, 512), (0, 0, 512, 512), (1024, 1024), config)
     assert len(kept) == 1 and kept[0].mask.shape == (40, 22)
 
 

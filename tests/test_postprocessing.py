@@ -97,9 +97,9 @@ def synthetic_tile_logits(shape, tiles: list[Tile], seed: int) -> np.ndarray:
         if rng.random() < 0.8:  # a fifth of the loops have no core: their component is one loop
             cv2.ellipse(core, ((x, y), (a, b), angle), 4.0, -1)
     maps = np.stack([fg, core])
-    out = np.zeros((len(tiles), 2, tiles[0].size, tiles[0].size), np.float32)
+    out = np.zeros((len(tiles), 2, tiles[0].height, tiles[0].width), np.float32)
     for i, t in enumerate(tiles):
-        patch = maps[:, t.y0 : t.y0 + t.size, t.x0 : t.x0 + t.size]
+        patch = maps[:, t.y0 : t.y0 + t.height, t.x0 : t.x0 + t.width]
         out[i, :, : patch.shape[1], : patch.shape[2]] = patch
     out += rng.normal(0.0, 2.5, out.shape).astype(np.float32)
     # Pixels within float32 rounding of the threshold's logit (0.3), both sides.
@@ -109,24 +109,34 @@ def synthetic_tile_logits(shape, tiles: list[Tile], seed: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_synthetic_logits_give_the_full_frame_loops(seed):
+@pytest.mark.parametrize(
+    ("seed", "tile_px", "multiple_px"), [(0, 256, 0), (1, 256, 0), (2, 256, 0), (3, 384, 16)]
+)
+def test_synthetic_logits_give_the_full_frame_loops(seed, tile_px, multiple_px):
     shape = (700, 900)
-    tiles = tile_grid(shape, 256, 32)
+    tiles = tile_grid(shape, tile_px, 32, multiple_px)
     logits = synthetic_tile_logits(shape, tiles, seed)
     got = assert_same_loops(logits, tiles, shape, threshold=0.3, min_area_px=12)
     assert len(got) > 80
 
 
-def test_mosaic_takes_each_pixel_from_the_tile_whose_centre_is_nearest():
-    """Independent of the seam arithmetic: each tile's map holds its own index."""
+@pytest.mark.parametrize(
+    ("tile_px", "multiple_px", "tile_shape"), [(128, 0, (128, 128)), (256, 16, (160, 256))]
+)
+def test_mosaic_takes_each_pixel_from_the_tile_whose_centre_is_nearest(tile_px, multiple_px, tile_shape):
+    """Independent of the seam arithmetic: each tile's map holds its own index (square tiles, and
+    the non-square ones of a network with a stride)."""
     shape = (300, 700)
-    tiles = tile_grid(shape, 128, 20)
-    maps = np.stack([np.full((1, 128, 128), i, np.float32) for i in range(len(tiles))])
+    tiles = tile_grid(shape, tile_px, 20, multiple_px)
+    assert (tiles[0].height, tiles[0].width) == tile_shape
+    maps = np.stack([np.full((1, *tile_shape), i, np.float32) for i in range(len(tiles))])
     stitched = stitch(maps, tiles, shape)[0].astype(int)
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5  # pixel centres
-    for along, starts in ((rows, [t.y0 for t in tiles]), (cols, [t.x0 for t in tiles])):
-        distance = np.abs(along[None] - (np.array(starts)[:, None, None] + 64))
+    for along, starts, side in (
+        (rows, [t.y0 for t in tiles], tile_shape[0]),
+        (cols, [t.x0 for t in tiles], tile_shape[1]),
+    ):
+        distance = np.abs(along[None] - (np.array(starts)[:, None, None] + side / 2))
         assert np.array_equal(np.take_along_axis(distance, stitched[None], 0)[0], distance.min(axis=0))
     mosaic = Mosaic(list(maps), tiles, shape)
     assert np.array_equal(mosaic.crop(slice(100, 250), slice(90, 610), channel=0), stitched[100:250, 90:610])

@@ -118,7 +118,8 @@ def loops_from_logits(
         candidate = components[rows, cols] == k
         inside = candidate & (foreground >= threshold)
         core = core >= threshold
-        parts = [(inside, slice(0, h), slice(0, w))] if np.array_equal(inside, candidate) else []
+        whole = np.count_nonzero(inside) == stats[k, cv2.CC_STAT_AREA]  # inside is within candidate
+        parts = [(inside, slice(0, h), slice(0, w))] if whole else []
         for part, r, c in parts or _exact_components(inside, min_area_px):
             loops += _split(
                 part, core[r, c] & part, foreground[r, c], x0 + c.start, y0 + r.start, width, min_area_px
@@ -203,7 +204,7 @@ def _loop_row(region: np.ndarray, x0: int, y0: int, scores: np.ndarray | None) -
         major,
         minor,
         angle,
-        float(region.sum()),
+        float(np.count_nonzero(region)),
         float(x0),
         float(y0),
         float(w),
@@ -235,8 +236,9 @@ def ellipse_of_contour(contour: np.ndarray) -> tuple[float, float, float, float,
     >>> [round(v, 1) for v in ellipse_of_contour(line)]
     [4.5, 3.0, 10.0, 1.0, 0.0]
     """
-    if not ellipse_fit_is_degenerate(contour):
-        (x, y), (w, h), angle = cv2.fitEllipse(contour)
+    fit = _honest_fit(contour)
+    if fit is not None:
+        (x, y), (w, h), angle = fit
         w, h = max(w, 1.0), max(h, 1.0)  # a one-pixel-wide region still has a width of one pixel
         return _major_first(x, y, w, h, angle)
     (x, y), (w, h), angle = cv2.minAreaRect(contour.reshape(-1, 1, 2).astype(np.float32))
@@ -247,15 +249,33 @@ def ellipse_fit_is_degenerate(contour: np.ndarray) -> bool:
     """True when ``cv2.fitEllipse`` gives no honest ellipse for the contour: fewer than 5 points,
     all points on one line, or a fit that is not finite or whose major axis exceeds twice the
     points' own longest extent + 1 px (a near-collinear contour fits axes of thousands of px)."""
+    return _honest_fit(contour) is None
+
+
+def _honest_fit(contour: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float] | None:
+    """``cv2.fitEllipse`` of the contour, or None where it is degenerate (see
+    ``ellipse_fit_is_degenerate``): fitted once, the fit is both checked and used."""
     points = contour.reshape(-1, 2).astype(np.float64)
     if len(points) < 5:
-        return True
-    centred = points - points.mean(axis=0)
-    if np.linalg.matrix_rank(centred, tol=1e-6) < 2:
-        return True
-    _, (w, h), _ = cv2.fitEllipse(contour.reshape(-1, 1, 2).astype(np.float32))
-    extent = float(np.hypot(*np.ptp(points, axis=0))) + 1.0
-    return not (np.isfinite(w) and np.isfinite(h)) or max(w, h) > 2.0 * extent
+        return None
+    centred = points - points.sum(axis=0) / len(points)  # what points.mean(axis=0) computes
+    if not _clearly_two_dimensional(centred) and np.linalg.matrix_rank(centred, tol=1e-6) < 2:
+        return None
+    (cx, cy), (w, h), angle = cv2.fitEllipse(contour.reshape(-1, 1, 2).astype(np.float32))
+    extent = float(np.hypot(*(points.max(axis=0) - points.min(axis=0)))) + 1.0
+    if not (np.isfinite(w) and np.isfinite(h)) or max(w, h) > 2.0 * extent:
+        return None
+    return (cx, cy), (w, h), angle
+
+
+def _clearly_two_dimensional(centred: np.ndarray) -> bool:
+    """True when the smaller singular value of the centred points is far above ``matrix_rank``'s
+    tolerance (1e-6): its square, the 2 x 2 scatter matrix's smaller eigenvalue, exceeds 1 while
+    rounding moves it by ~1e-16 of the trace. Nearly every loop contour passes, so the SVD runs
+    only for thin ones; the decision is the SVD's."""
+    (sxx, sxy), (_, syy) = (centred.T @ centred).tolist()
+    trace, det = sxx + syy, sxx * syy - sxy * sxy
+    return trace > 0 and 2.0 * det / (trace + np.sqrt(max(trace * trace - 4.0 * det, 0.0))) > 1.0
 
 
 def _major_first(

@@ -2,7 +2,8 @@
 
 Camera counts have no fixed scale (8-bit PNGs, 16-bit detectors, changing exposure), so every
 frame is standardised on its own statistics before it meets a model, in training and serving
-alike. Large frames are cut into overlapping square tiles; per-pixel maps are stitched back
+alike. Large frames are cut into overlapping tiles (square, or for networks with a stride the
+fewest that overlap enough, each side padded only to the stride); per-pixel maps are stitched back
 here, while instance tiles are merged by owned regions in ``loopstream.serving.instance_merge``.
 
 Examples
@@ -10,7 +11,7 @@ Examples
 >>> import numpy as np
 >>> tiles = tile_grid((1000, 700), tile_px=512, overlap_px=64)
 >>> len(tiles), tiles[0]
-(6, Tile(y0=0, x0=0, size=512))
+(6, Tile(y0=0, x0=0, height=512, width=512))
 >>> float(abs(standardise(np.arange(16, dtype=np.uint16).reshape(4, 4)).mean())) < 1e-6
 True
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -28,7 +30,8 @@ import numpy as np
 class Tile(NamedTuple):
     y0: int
     x0: int
-    size: int
+    height: int
+    width: int
 
 
 def standardise(frame: np.ndarray) -> np.ndarray:
@@ -48,44 +51,54 @@ def tile_starts(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
     return [round(i * (length_px - tile_px) / (n - 1)) for i in range(n)]
 
 
-def fitted_tile_px(shape: tuple[int, int], tile_px: int, multiple_px: int) -> int:
-    """``tile_px``, or for a frame smaller than that, its longer side rounded up to ``multiple_px``
-    (a fully convolutional network's stride): a whole-frame tile pads no more than it must.
+def tile_side(length_px: int, tile_px: int, overlap_px: int, multiple_px: int = 0) -> int:
+    """Along one axis of ``length_px``, the side of its tiles: ``tile_px``, or with ``multiple_px``
+    (the network's stride) the smallest multiple of it that covers the axis with the fewest tiles
+    of at most ``tile_px`` overlapping by at least ``overlap_px``: no more padding or overlap, so
+    no more network work, than the axis needs.
 
-    >>> fitted_tile_px((300, 500), 2048, 32), fitted_tile_px((4096, 4096), 2048, 32)
-    (512, 2048)
+    >>> tile_side(600, 2048, 64, 32), tile_side(1120, 2048, 64, 32), tile_side(4096, 2048, 64, 32)
+    (608, 1120, 1408)
+    >>> tile_side(2048, 512, 88, 32), tile_side(2048, 512, 88), tile_side(300, 512, 64)
+    (480, 512, 512)
     """
-    return min(tile_px, -(-max(shape) // multiple_px) * multiple_px)
+    if not multiple_px:
+        return tile_px
+    n = 1 if length_px <= tile_px else math.ceil((length_px - overlap_px) / (tile_px - overlap_px))
+    side = math.ceil((length_px + (n - 1) * overlap_px) / n)
+    return min(tile_px, math.ceil(side / multiple_px) * multiple_px)
 
 
-def tile_grid(shape: tuple[int, int], tile_px: int, overlap_px: int) -> list[Tile]:
-    """Tiles (row-major) covering a frame of ``shape``; frames smaller than a tile get one tile."""
+def tile_grid(shape: tuple[int, int], tile_px: int, overlap_px: int, multiple_px: int = 0) -> list[Tile]:
+    """Tiles (row-major) covering a frame of ``shape``, all of one shape (``tile_side`` per axis);
+    without ``multiple_px`` square, and frames smaller than a tile get one tile."""
     h, w = shape
+    height, width = (tile_side(n, tile_px, overlap_px, multiple_px) for n in shape)
     return [
-        Tile(y0, x0, tile_px)
-        for y0 in tile_starts(h, tile_px, overlap_px)
-        for x0 in tile_starts(w, tile_px, overlap_px)
+        Tile(y0, x0, height, width)
+        for y0 in tile_starts(h, height, overlap_px)
+        for x0 in tile_starts(w, width, overlap_px)
     ]
 
 
 def cut_tiles(image: np.ndarray, tiles: list[Tile]) -> np.ndarray:
-    """Stack of tiles [N, 1, size, size]; parts outside the frame are zero (the standardised mean)."""
-    size = tiles[0].size
-    out = np.zeros((len(tiles), 1, size, size), np.float32)
+    """Stack of tiles [N, 1, height, width]; parts outside the frame are zero (the standardised
+    mean)."""
+    out = np.zeros((len(tiles), 1, tiles[0].height, tiles[0].width), np.float32)
     for i, t in enumerate(tiles):
-        patch = image[t.y0 : t.y0 + size, t.x0 : t.x0 + size]
+        patch = image[t.y0 : t.y0 + t.height, t.x0 : t.x0 + t.width]
         out[i, 0, : patch.shape[0], : patch.shape[1]] = patch
     return out
 
 
 def stitch(tile_maps: Sequence[np.ndarray], tiles: list[Tile], shape: tuple[int, int]) -> np.ndarray:
-    """Full-frame map [C, H, W] from per-tile maps [N, C, size, size] (see ``Mosaic``)."""
+    """Full-frame map [C, H, W] from per-tile maps [N, C, height, width] (see ``Mosaic``)."""
     h, w = shape
     return Mosaic(tile_maps, tiles, shape).crop(slice(0, h), slice(0, w))
 
 
 class Mosaic:
-    """The stitched frame of per-tile maps ([C, size, size] each, in ``tiles`` order), read only
+    """The stitched frame of per-tile maps ([C, height, width] each, in ``tiles`` order), read only
     where it is needed.
 
     Each pixel takes the value of the tile whose centre is nearest (the middle of the overlap is
@@ -101,9 +114,8 @@ class Mosaic:
         self.shape = shape
         ys = sorted({t.y0 for t in tiles})
         xs = sorted({t.x0 for t in tiles})
-        size = tiles[0].size
-        self._y_bounds = _seam_bounds(ys, size, shape[0])
-        self._x_bounds = _seam_bounds(xs, size, shape[1])
+        self._y_bounds = seam_bounds(ys, tiles[0].height, shape[0])
+        self._x_bounds = seam_bounds(xs, tiles[0].width, shape[1])
         self._tile_at = np.empty((len(ys), len(xs)), int)
         for i, t in enumerate(tiles):
             self._tile_at[ys.index(t.y0), xs.index(t.x0)] = i
@@ -141,17 +153,22 @@ class Mosaic:
     def select(self, channel: int, predicate: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Whole-frame boolean mask: ``predicate`` applied to each tile's share of one channel."""
         h, w = self.shape
-        out = np.empty((h, w), bool)
+        shares = []
         for i, r, c in self.blocks(slice(0, h), slice(0, w)):
             y0, x0 = self._origin[i]
-            out[r, c] = predicate(
-                self.tile_maps[i][channel, r.start - y0 : r.stop - y0, c.start - x0 : c.stop - x0]
+            shares.append(
+                (r, c, self.tile_maps[i][channel, r.start - y0 : r.stop - y0, c.start - x0 : c.stop - x0])
             )
+        if len(shares) == 1:  # one tile holds the frame (a whole-frame network): no copy
+            return np.ascontiguousarray(predicate(shares[0][2]))
+        out = np.empty((h, w), bool)
+        for r, c, share in shares:
+            out[r, c] = predicate(share)
         return out
 
 
-def _seam_bounds(starts: list[int], size: int, length: int) -> list[int]:
-    """Along one axis, tile k is responsible for [bounds[k], bounds[k + 1])."""
+def seam_bounds(starts: list[int], size: int, length: int) -> list[int]:
+    """Along one axis, tile k (of ``size``, at ``starts[k]``) owns [bounds[k], bounds[k + 1])."""
     bounds = [0]
     for a, b in itertools.pairwise(starts):
         bounds.append((b + a + size) // 2)  # middle of the overlap of tiles at a and b

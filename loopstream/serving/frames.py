@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from loopstream.core.imaging import Tile, cut_tiles, fitted_tile_px, standardise, tile_grid
+from loopstream.core.imaging import Tile, cut_tiles, standardise, tile_grid
 
 MIN_SIDE_PX = 32
 MAX_SIDE_PX = 4096
@@ -35,7 +35,7 @@ class FrameError(ValueError):
 class PreparedFrame:
     shape: tuple[int, int]
     tiles: list[Tile]
-    tiles_input: np.ndarray  # [N, 1, tile, tile] float32, standardised
+    tiles_input: np.ndarray  # [N, 1, tile height, tile width] float32, standardised
     image: np.ndarray  # [H, W] float32, the whole normalised frame: detections are checked on it
     scale: float = 1.0  # network px per frame px: the frame was resampled by it before tiling
     frame_shape: tuple[int, int] = (0, 0)  # the frame's own shape (``shape`` is the resampled one)
@@ -86,8 +86,9 @@ def prepare_frame(
     stride_px: int = 0,
 ) -> PreparedFrame:
     """Validate, resample by ``scale`` (to the network's pixel size), normalise the whole frame
-    (per-frame standardisation by default), then cut tiles; with ``stride_px``, a frame smaller
-    than a tile gets one tile just large enough."""
+    (per-frame standardisation by default), then cut tiles; with ``stride_px`` (the network's),
+    each side's tiles are as few and as small as the overlap allows (``tile_side``): a frame
+    smaller than a tile is one tile padded only to the stride on each side."""
     validate_frame(frame)
     source_shape = (frame.shape[0], frame.shape[1])
     if scale != 1.0:
@@ -100,8 +101,6 @@ def prepare_frame(
             )
         frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     shape = (frame.shape[0], frame.shape[1])
-    if stride_px:
-        tile_px = fitted_tile_px(shape, tile_px, stride_px)
-    tiles = tile_grid(shape, tile_px, overlap_px)
+    tiles = tile_grid(shape, tile_px, overlap_px, stride_px)
     image = NORMALISATIONS[normalisation](frame)
     return PreparedFrame(shape, tiles, cut_tiles(image, tiles), image, scale, source_shape)

@@ -1,8 +1,9 @@
 """The instance-segmentation (Mask R-CNN) pipeline: frame in, loop detections out.
 
 Like ``loopstream.serving.semantic`` it is split around the core model call: ``prepare_frame``
-standardises the whole frame (``loopstream.core.imaging.standardise``) and cuts 512 px tiles with
-64 px overlap; the core model (``loopstream.models.maskrcnn.SingleImageExport``, one tile per
+standardises the whole frame (``loopstream.core.imaging.standardise``) and cuts tiles of at most
+512 px overlapping by at least the spec's ``overlap_px`` (``loopstream.core.imaging.tile_grid``);
+the core model (``loopstream.models.maskrcnn.SingleImageExport``, one tile per
 call) returns per tile ``boxes`` [K, 4] (tile px), ``scores`` [K] and ``mask_probs`` [K, 28, 28];
 ``frame_detections`` merges them into one table with ``loopstream.core.detections.LOOP_COLUMNS``.
 
@@ -11,12 +12,14 @@ Merging, so that a loop is found once and whole:
 1. A tile keeps only the detections whose box centre lies in the part of the frame it owns
    (split at the middle of each overlap, the seams of ``loopstream.core.imaging.stitch``). A loop cut
    by a tile edge is seen whole by the neighbour that owns its centre; the cut copy's box centre
-   sits on the far side of the seam for any loop up to the overlap (64 px) across.
+   sits on the far side of the seam for any loop up to the overlap across (so the overlap is at
+   least the largest loop's box: 96 px in the default version, whose network's largest box on
+   creme-ds25s is 92 px).
 2. Greedy mask-IoU NMS over the whole frame after the tiles are merged (highest score first,
    IoU > the spec's ``nms_iou`` suppressed): one loop, one detection. It removes duplicates that
    survive the network's box NMS within a tile, and what step 1 cannot: a loop whose box centre
    jitters across a seam between two tiles' views, or a cut copy of a loop larger than the
-   overlap (it covers > 64 / D of the loop).
+   overlap (it covers > overlap / D of the loop).
 
 Masks are pasted detectron2's way (``paste_mask``): bilinear sampling of the 28 x 28
 probabilities at pixel centres inside the box (``grid_sample``, ``align_corners=False``, zero
@@ -54,7 +57,7 @@ import pandas as pd
 
 from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.ellipses import ellipse_of_contour, empty_detections
-from loopstream.core.imaging import Tile
+from loopstream.core.imaging import Tile, seam_bounds
 from loopstream.serving.frames import PreparedFrame
 
 if TYPE_CHECKING:
@@ -125,13 +128,12 @@ def paste_mask(
 def owned_regions(tiles: Sequence[Tile], shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """(r0, c0, r1, c1) of the frame each tile owns: cut at the middle of every overlap."""
 
-    def seams(starts: list[int], length: int) -> dict[int, tuple[int, int]]:
-        size = tiles[0].size
-        bounds = [0, *((a + b + size) // 2 for a, b in itertools.pairwise(starts)), length]
+    def seams(starts: list[int], size: int, length: int) -> dict[int, tuple[int, int]]:
+        bounds = seam_bounds(starts, size, length)
         return dict(zip(starts, itertools.pairwise(bounds), strict=True))
 
-    rows = seams(sorted({t.y0 for t in tiles}), shape[0])
-    cols = seams(sorted({t.x0 for t in tiles}), shape[1])
+    rows = seams(sorted({t.y0 for t in tiles}), tiles[0].height, shape[0])
+    cols = seams(sorted({t.x0 for t in tiles}), tiles[0].width, shape[1])
     regions = []
     for t in tiles:
         (r0, r1), (c0, c1) = rows[t.y0], cols[t.x0]
@@ -148,7 +150,7 @@ def tile_instances(
 ) -> list[Instance]:
     """The loops of one tile whose box centre lies in the tile's owned region, in frame px."""
     r0, c0, r1, c1 = owned
-    visible = (min(tile.size, shape[0] - tile.y0), min(tile.size, shape[1] - tile.x0))
+    visible = (min(tile.height, shape[0] - tile.y0), min(tile.width, shape[1] - tile.x0))
     out = []
     for box, score, probs in zip(detections.boxes, detections.scores, detections.mask_probs, strict=True):
         cx, cy = tile.x0 + (box[0] + box[2]) / 2, tile.y0 + (box[1] + box[3]) / 2

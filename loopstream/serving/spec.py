@@ -37,7 +37,7 @@ class PipelineSpec:
     architecture: str = ""
     description: str = ""
     tile_px: int = 512
-    overlap_px: int = 64  # >= the largest loop's diameter, so each loop is whole in one tile
+    overlap_px: int = 64  # at least; instance: >= the largest loop's box, so each is whole in one tile
     threshold: float = 0.5  # semantic: on pixel probability; instance: on the detection score
     min_area_px: int = 12  # a loop of fewer pixels (at the network's scale) is dropped
     # A loop's contrast against the background around it, as a significance in noise sigmas
@@ -52,13 +52,20 @@ class PipelineSpec:
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
     core_format: str = "onnx"  # or "torchscript": how the core network was exported
-    # > 0 for fully convolutional networks (their stride): a frame smaller than a tile is one
-    # tile of its longer side rounded up to it, so tiles as large as memory allows waste nothing.
+    # > 0: the multiple each side of the network's input must be (1: any size, as the shipped
+    # U-Net's graph takes). Each side's tiles are then the fewest of at most tile_px overlapping
+    # by at least overlap_px, each the smallest multiple of it that does
+    # (``loopstream.core.imaging.tile_side``): a frame smaller than a tile is one tile, padded on
+    # each side only to that multiple. 0: square tiles of tile_px.
     stride_px: int = 0
 
     def __post_init__(self) -> None:
         if self.stride_px < 0 or (self.stride_px and self.tile_px % self.stride_px):
             raise ValueError(f"stride_px {self.stride_px} must be 0 or divide tile_px {self.tile_px}")
+        if not 0 <= self.overlap_px < self.tile_px:
+            raise ValueError(
+                f"overlap_px {self.overlap_px} must be at least 0 and below tile_px {self.tile_px}"
+            )
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; choose one of {FAMILIES}")
         if self.core_format not in CORE_FILES:
