@@ -1,6 +1,6 @@
 """Tracker throughput and memory, printed as a markdown table.
 
-    .venv/bin/python bench/bench_tracker.py [--quick]
+    .venv/bin/python bench/bench_tracker.py [--quick] [--only-loops 200]
 
 Columns:
 * link + drift: ``SessionLinker`` and ``DriftEstimator`` alone (the online tracking itself);
@@ -185,18 +185,27 @@ def main() -> None:
         action="store_true",
         help="only the engine at 200 loops/frame with linker memory 3 and 8, alternating, twice",
     )
+    parser.add_argument(
+        "--only-loops",
+        type=int,
+        default=0,
+        help="only the throughput table's row at this many loops/frame (200 or 1000), no long run",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-tracker-", dir=args.tmp) as tmp:  # GBs: never left behind
         if args.memory_cost:
             memory_cost(Path(tmp), 60 if args.quick else 300)
             return
-        throughput(Path(tmp), 60 if args.quick else 300)
+        loop_counts = (args.only_loops,) if args.only_loops else (200, 1000)
+        throughput(Path(tmp), 60 if args.quick else 300, loop_counts)
+        if args.only_loops:
+            return
         memory(Path(tmp), args.hour_frames or (600 if args.quick else int(6 * 60 * FPS)))
 
 
-def throughput(tmp: Path, n_frames: int) -> None:
+def throughput(tmp: Path, n_frames: int, loop_counts: tuple[int, ...]) -> None:
     rows = []
-    for loops in (200, 1000):
+    for loops in loop_counts:
         size_px = 2048 if loops == 200 else 4096  # same areal density, ~100 px between loops
         pop = Population(loops, n_frames, size_px)
         frames = [pop.frame(t) for t in range(n_frames)]
