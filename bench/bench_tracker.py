@@ -1,6 +1,6 @@
 """Tracker throughput and memory, printed as a markdown table.
 
-    .venv/bin/python bench/bench_tracker.py [--quick]
+    .venv/bin/python bench/bench_tracker.py [--quick] [--only-loops 200]
 
 Columns:
 * link + drift: ``SessionLinker`` and ``DriftEstimator`` alone (the online tracking itself);
@@ -8,7 +8,9 @@ Columns:
   (fsync per frame) and ``--sync normal`` (WAL without fsync: survives tracker crashes only);
 * gRPC: the same through ``StreamDetections`` on 127.0.0.1 (``--sync full``), one ack per frame,
   with one stream and with four concurrent sessions, each client in its own process (as
-  microscopes are; the clients share this machine's cores with the tracker).
+  microscopes are; the clients share this machine's cores with the tracker), the loops sent as one
+  ``loop_table`` as the shipped client does; and one stream of ``Loop`` messages, the form of
+  clients older than the table.
 Then a long run at 30 fps (simulated time) through the engine, with the resident set size at
 checkpoints: bounded memory means the RSS stops growing while the store on disk grows.
 
@@ -103,7 +105,8 @@ def engine_run(engine: TrackerEngine, frames, size_px: int, on_checkpoint=None, 
     started = time.perf_counter()
     n = 0
     for t, f in enumerate(frames):
-        result = engine.ingest(FrameInput(sid, t, t / FPS, "bench", "", size_px, size_px, f))
+        # The loops as one array, the container they arrive in from the wire.
+        result = engine.ingest(FrameInput(sid, t, t / FPS, "bench", "", size_px, size_px, f.to_numpy()))
         assert result.accepted, result.error
         n += 1
         if on_checkpoint and every and (t + 1) % every == 0:
@@ -112,13 +115,14 @@ def engine_run(engine: TrackerEngine, frames, size_px: int, on_checkpoint=None, 
 
 
 def _stream_session(
-    port: int, session_id: str, loops: int, n_frames: int, size_px: int, ready, start, done
+    port: int, session_id: str, loops: int, n_frames: int, size_px: int, loop_table: bool, ready, start, done
 ) -> None:
     """One microscope's client, in its own process as in a deployment: builds its messages, waits
     for the start, streams them and reports (acks, all accepted)."""
     pop = Population(loops, n_frames, size_px)
     messages = [
-        frame_message(session_id, t, t / FPS, pop.frame(t), size_px, size_px) for t in range(n_frames)
+        frame_message(session_id, t, t / FPS, pop.frame(t), size_px, size_px, loop_table=loop_table)
+        for t in range(n_frames)
     ]
     client = TrackerClient(f"127.0.0.1:{port}")
     ready.put(True)
@@ -128,9 +132,11 @@ def _stream_session(
     client.close()
 
 
-def grpc_run(db: Path, loops: int, n_frames: int, size_px: int, sessions: int = 1) -> float:
+def grpc_run(
+    db: Path, loops: int, n_frames: int, size_px: int, sessions: int = 1, loop_table: bool = True
+) -> float:
     """Total frames/s of ``sessions`` concurrent streams (one session and client process each) into
-    one tracker."""
+    one tracker; ``loop_table=False`` sends Loop messages, as clients older than the table do."""
     running = serve(ServerConfig(db=db, port=0, metrics_port=-1))
     client = TrackerClient(f"127.0.0.1:{running.port}")
     spawn = multiprocessing.get_context("spawn")
@@ -140,7 +146,7 @@ def grpc_run(db: Path, loops: int, n_frames: int, size_px: int, sessions: int = 
         processes = [
             spawn.Process(
                 target=_stream_session,
-                args=(running.port, sid, loops, n_frames, size_px, ready, start, done),
+                args=(running.port, sid, loops, n_frames, size_px, loop_table, ready, start, done),
             )
             for sid in session_ids
         ]
@@ -179,18 +185,27 @@ def main() -> None:
         action="store_true",
         help="only the engine at 200 loops/frame with linker memory 3 and 8, alternating, twice",
     )
+    parser.add_argument(
+        "--only-loops",
+        type=int,
+        default=0,
+        help="only the throughput table's row at this many loops/frame (200 or 1000), no long run",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-tracker-", dir=args.tmp) as tmp:  # GBs: never left behind
         if args.memory_cost:
             memory_cost(Path(tmp), 60 if args.quick else 300)
             return
-        throughput(Path(tmp), 60 if args.quick else 300)
+        loop_counts = (args.only_loops,) if args.only_loops else (200, 1000)
+        throughput(Path(tmp), 60 if args.quick else 300, loop_counts)
+        if args.only_loops:
+            return
         memory(Path(tmp), args.hour_frames or (600 if args.quick else int(6 * 60 * FPS)))
 
 
-def throughput(tmp: Path, n_frames: int) -> None:
+def throughput(tmp: Path, n_frames: int, loop_counts: tuple[int, ...]) -> None:
     rows = []
-    for loops in (200, 1000):
+    for loops in loop_counts:
         size_px = 2048 if loops == 200 else 4096  # same areal density, ~100 px between loops
         pop = Population(loops, n_frames, size_px)
         frames = [pop.frame(t) for t in range(n_frames)]
@@ -202,16 +217,17 @@ def throughput(tmp: Path, n_frames: int) -> None:
             normal = engine_run(TrackerEngine(store), frames, size_px)
         wire = grpc_run(tmp / f"grpc{loops}.db", loops, n_frames, size_px)
         wire4 = grpc_run(tmp / f"grpc4x{loops}.db", loops, n_frames, size_px, sessions=4)
-        rows.append((loops, mean_loops, link, engine, normal, wire, wire4))
+        old_wire = grpc_run(tmp / f"grpc-old{loops}.db", loops, n_frames, size_px, loop_table=False)
+        rows.append((loops, mean_loops, link, engine, normal, wire, wire4, old_wire))
 
     print(f"\n### Tracker throughput ({n_frames} frames per session, frames/s)\n")
     print(
         "| loops/frame (target) | mean loops/frame | link + drift | engine, --sync full "
-        "| engine, --sync normal | gRPC, 1 stream | gRPC, 4 streams (total) |"
+        "| engine, --sync normal | gRPC, 1 stream | gRPC, 4 streams (total) | gRPC, 1 stream, Loop messages |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for loops, mean_loops, link, engine, normal, wire, wire4 in rows:
-        rates = " | ".join(f"{r:.0f}" for r in (mean_loops, link, engine, normal, wire, wire4))
+    print("|---|---|---|---|---|---|---|---|")
+    for loops, mean_loops, *figures in rows:
+        rates = " | ".join(f"{r:.0f}" for r in (mean_loops, *figures))
         print(f"| {loops} | {rates} |")
 
 

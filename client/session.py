@@ -33,7 +33,7 @@ from loopstream.client.tracker_link import (
     auth_metadata,
     open_channel,
 )
-from loopstream.core.detections import encode_loops, shadows_frame
+from loopstream.core.detections import put_loops, shadows_frame
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -244,9 +244,10 @@ class MicroscopeSession:
             model_version=self.model_version,
             width_px=w,
             height_px=h,
-            loops=encode_loops(detections),
             latency_s=result.latency_s,
         )
+        # One table of the loops; Loop messages only to a tracker older than the table.
+        put_loops(message, detections, table=self.session.reads_loop_table)
         every = self.endpoints.preview_every
         if every > 0 and self._forwarded % every == 0:
             message.preview.CopyFrom(preview_message(frame.image, self.endpoints.preview_px))

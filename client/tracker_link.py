@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from loopstream.client.reconnecting import ReconnectingStream
+from loopstream.core.detections import loop_count
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -77,7 +78,7 @@ class DetectionStream(ReconnectingStream):
         if size > self.max_message_bytes:
             self._reject(
                 message,
-                f"its detections message ({len(message.loops)} loops) is {size} bytes, over the tracker's "
+                f"its detections message ({loop_count(message)} loops) is {size} bytes, over the tracker's "
                 f"limit of {self.max_message_bytes} bytes; raise the limit on both sides "
                 "(loopstream-tracker --max-message-bytes, loopstream-client --tracker-max-message-bytes)",
             )

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pandas as pd
 
-from loopstream.core.detections import LOOP_COLUMNS, encode_loops
+from loopstream.core.detections import LOOP_COLUMNS, put_loops
 from loopstream.v1 import tracker_pb2 as pb
 from loopstream.v1 import tracker_pb2_grpc as pb_grpc
 
@@ -26,8 +26,13 @@ def frame_message(
     height_px: int,
     model_name: str = "",
     model_version: str = "",
+    loop_table: bool = False,
 ) -> pb.FrameDetections:
-    """FrameDetections from a DataFrame with the ``LOOP_COLUMNS`` (extra columns ignored)."""
+    """FrameDetections from a DataFrame with the ``LOOP_COLUMNS`` (extra columns ignored).
+
+    ``loop_table``: the loops as one table, as this version's client sends them to a tracker that
+    reads it; else as ``Loop`` messages (older clients' form, which a test can edit loop by loop).
+    """
     msg = pb.FrameDetections(
         session_id=session_id,
         frame_index=frame_index,
@@ -37,7 +42,7 @@ def frame_message(
         width_px=width_px,
         height_px=height_px,
     )
-    msg.loops.extend(encode_loops(loops[LOOP_COLUMNS].to_numpy(np.float32)))
+    put_loops(msg, loops[LOOP_COLUMNS].to_numpy(np.float32), table=loop_table)
     return msg
 
 

@@ -1,96 +1,23 @@
-"""Sessions and the per-frame pipeline: validate -> link -> drift -> statistics -> commit.
+"""The tracker's domain API over one store: the three concerns the gRPC service translates to.
 
-The engine is the domain API the gRPC service translates to. Live per-session state (linker,
-drift) is a cache of what the store holds: it is built lazily from the store on a session's first
-frame after a start, and thrown away if a commit fails, so memory and store never disagree.
+``sessions.SessionCatalog`` holds what a session is (opened, read, listed), ``ingest.FrameIngest``
+what happens to its frames (validated, linked, measured, committed; watchers woken), and
+``queries.SessionQueries`` what is read back (statistics, tracks). ``TrackerEngine`` wires them to
+one store and names each operation once for the service, the web view and the export.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
-import numpy as np
 import pandas as pd
 
-from loopstream.tracker import statistics
-from loopstream.tracker.drift import DriftEstimator, predicted_drift
-from loopstream.tracker.linking import SessionLinker
+from loopstream.tracker.ingest import FrameIngest, IngestResult
+from loopstream.tracker.queries import SessionQueries
 from loopstream.tracker.rollout import Assignment
-from loopstream.tracker.store import NEXT_TRACK_COLUMN, Store
-from loopstream.tracker.validation import (
-    LOOP_COLUMNS,
-    FrameInput,
-    ShadowInput,
-    content_hash,
-    frame_problem,
-    spec_problem,
-)
-
-log = logging.getLogger("loopstream.tracker")
-
-
-class SessionNotFound(KeyError):
-    def __str__(self) -> str:
-        shown = (
-            self.args[0] if len(self.args[0]) <= 64 else f"{self.args[0][:64]}... ({len(self.args[0])} chars)"
-        )
-        return (
-            f"unknown session_id {shown!r}: open a session with OpenSession and use the "
-            "session_id it returns (ListSessions shows the open ones)"
-        )
-
-
-@dataclass(frozen=True)
-class Defaults:
-    model_name: str = "loops_semantic"  # for sessions that name no model family
-    model_version: str = ""  # "" = Triton's latest
-    search_range_nm: float = 8.0
-    memory_frames: int = 8  # bridges a loop missed up to 8 frames running (recall ~75 %: 4e-6 odds)
-    # The pipeline of each SessionSpec.model_family (1 instance: bright field; 2 semantic: dark field).
-    family_models: tuple[tuple[int, str], ...] = ((1, "loops_instance"), (2, "loops_semantic"))
-
-
-# Why a frame was not stored: a fixed set, so metrics can count rejections by reason.
-REJECTIONS = (
-    "invalid",
-    "unknown_session",
-    "closed",
-    "backwards",
-    "conflict",
-    "shutting_down",
-    "store",
-    "internal",
-)
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    accepted: bool
-    duplicate: bool = False
-    error: str = ""
-    rejection: str = ""  # one of REJECTIONS when not accepted
-    # The session's stored microscope id, arm and shadow candidate (validated at OpenSession):
-    # the only values metrics may use as labels. Empty when the frame was rejected.
-    microscope_id: str = ""
-    arm: str = ""
-    shadow_arm: str = ""
-
-
-@dataclass
-class _Live:
-    """In-memory state of one session, rebuilt from the store when missing."""
-
-    spec: dict
-    linker: SessionLinker
-    drift: DriftEstimator
-    frames_stored: int
-    last_frame_index: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
+from loopstream.tracker.sessions import Defaults, SessionCatalog
+from loopstream.tracker.store import Store
+from loopstream.tracker.validation import FrameInput
 
 
 class TrackerEngine:
@@ -102,355 +29,67 @@ class TrackerEngine:
         assign: Callable[[str], Assignment] | None = None,
     ) -> None:
         self.store = store
-        self.defaults = defaults or Defaults()
-        self.assign = assign  # session id -> its arm (and shadow), e.g. from an A/B policy
-        self.on_commit = on_commit  # metrics hook: seconds one frame's transaction took
-        self._live: dict[str, _Live] = {}
-        self._live_lock = threading.Lock()
-        # One condition per watched session: a stored frame wakes only that session's watchers.
-        self._new_frames: dict[str, threading.Condition] = {}
-        self._closing = False
+        self._catalog = SessionCatalog(store, defaults or Defaults(), assign)
+        self._intake = FrameIngest(store, on_commit)
+        self._queries = SessionQueries(store, self._catalog)
 
     # -- sessions ---------------------------------------------------------------------------
 
     def open_session(self, spec: dict) -> dict:
         """Store a new session. ``spec`` has the SessionSpec fields; returns the session record."""
-        problem = spec_problem(spec)
-        if problem:
-            raise ValueError(problem)
-        d = self.defaults
-        memory = spec.get("memory_frames", 0)
-        session_id = str(uuid.uuid4())
-        arm = self._assignment(session_id, int(spec.get("model_family", 0)))
-        session = {
-            "session_id": session_id,
-            "microscope_id": spec.get("microscope_id", ""),
-            "sample": spec.get("sample", ""),
-            "pixel_size_nm": float(spec["pixel_size_nm"]),
-            "frame_rate_hz": float(spec["frame_rate_hz"]),
-            "dose_rate_ions_cm2_s": float(spec.get("dose_rate_ions_cm2_s", 0.0)),
-            "dpa_per_ion_cm2": float(spec.get("dpa_per_ion_cm2", 0.0)),
-            "model_family": int(spec.get("model_family", 0)),
-            "model_name": arm.model_name,
-            "model_version": arm.model_version,  # the arm; "" (latest) becomes the client's pin at frame 1
-            "search_range_nm": float(spec.get("search_range_nm") or d.search_range_nm),
-            "memory_frames": d.memory_frames if memory == 0 else max(int(memory), 0),
-            "opened_at_unix_s": time.time(),
-            "closed": 0,
-            "shadow_model_version": arm.shadow_version,
-            "shadow_fraction": arm.shadow_fraction,
-        }
-        self.store.add_session(session)
-        log.info(
-            "session opened", extra={k: session[k] for k in ("session_id", "microscope_id", "model_version")}
-        )
-        return self.session(session["session_id"])
-
-    def _assignment(self, session_id: str, family: int) -> Assignment:
-        """The pipeline (and A/B arm) of a new session: the family's pipeline, at the arm the policy
-        assigns when the policy is about that pipeline, else at its latest version."""
-        d = self.defaults
-        default = Assignment(d.model_name, d.model_version)
-        arm = self.assign(session_id) if self.assign else default
-        pipeline = dict(d.family_models).get(family)
-        if pipeline is None or pipeline == arm.model_name:
-            return arm
-        return default if pipeline == d.model_name else Assignment(pipeline, "")
+        return self._catalog.open(spec)
 
     def session(self, session_id: str) -> dict:
         """The session record with its progress (frames_stored, last_frame_index)."""
-        record = self.store.session(session_id)
-        if record is None:
-            raise SessionNotFound(session_id)
-        progress = self.store.progress(session_id)
-        return {
-            **record,
-            "frames_stored": progress.frames_stored,
-            "last_frame_index": progress.last_frame_index,
-        }
+        return self._catalog.get(session_id)
 
     def sessions(self, include_closed: bool) -> list[dict]:
-        return [self.session(s) for s in self.store.sessions(include_closed).session_id]
-
-    def close_session(self, session_id: str) -> dict:
-        self.session(session_id)
-        with self._live_lock:
-            live = self._live.get(session_id)
-        if live is None:
-            self.store.close_session(session_id)
-        else:
-            with live.lock:  # after a commit in flight, before any further frame
-                self.store.close_session(session_id)
-                live.spec["closed"] = 1
-        with self._live_lock:  # a state rebuilt meanwhile may have read the session still open
-            stale = self._live.pop(session_id, None)
-        if stale is not None and stale is not live:
-            with stale.lock:
-                stale.spec["closed"] = 1
-        log.info("session closed", extra={"session_id": session_id})
-        with self._live_lock:
-            condition = self._new_frames.pop(session_id, None)
-        _notify(condition)
-        return self.session(session_id)
+        return self._catalog.list(include_closed)
 
     def open_sessions(self) -> int:
-        return len(self.store.sessions(include_closed=False))
+        return self._catalog.count_open()
+
+    def close_session(self, session_id: str) -> dict:
+        self._catalog.get(session_id)  # SessionNotFound before anything changes
+        self._intake.close(session_id)
+        return self._catalog.get(session_id)
 
     # -- ingest -----------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Refuse new frames from now on; commits in flight finish (they hold their session lock)."""
-        self._closing = True
-        with self._live_lock:
-            conditions = list(self._new_frames.values())
-        for condition in conditions:
-            _notify(condition)
-
     def ingest(self, frame: FrameInput) -> IngestResult:
         """Link, measure and durably store one frame; idempotent by (session, frame index) and content."""
-        if self._closing:
-            return _rejected("shutting_down", "tracker is shutting down: resend this frame after it restarts")
-        problem = frame_problem(frame)  # before any lookup: nothing unchecked reaches the store
-        if problem:
-            return _rejected("invalid", problem)
-        try:
-            live = self._live_session(frame.session_id)
-        except SessionNotFound as e:
-            return _rejected("unknown_session", str(e))
-        if live.spec["closed"]:
-            return _rejected("closed", f"session {frame.session_id} is closed: open a new session")
-        digest = content_hash(frame)
-        with live.lock:
-            if frame.frame_index <= live.last_frame_index:
-                stored = self.store.frame_hash(frame.session_id, frame.frame_index)
-                if stored is None:
-                    return _rejected(
-                        "backwards",
-                        f"frame_index {frame.frame_index} goes backwards: session {frame.session_id} has "
-                        f"stored up to frame {live.last_frame_index} and frames must arrive in increasing "
-                        "order; send only frames after the last acknowledged one",
-                    )
-                if stored and stored != digest:  # b"": stored before hashes were kept
-                    return _rejected(
-                        "conflict",
-                        f"frame {frame.frame_index} of session {frame.session_id} is already stored with "
-                        "different content (time, size, model or loops): a resend must be identical; "
-                        "number a new frame with the next frame_index",
-                    )
-                return self._labelled(live, IngestResult(True, duplicate=True))
-            try:
-                row, detections = self._process(live, frame)
-                row["content_sha256"] = digest
-                started = time.perf_counter()
-                self.store.commit_frame(frame.session_id, row, detections)
-                if self.on_commit is not None:
-                    self.on_commit(time.perf_counter() - started)
-            except BaseException:
-                with self._live_lock:  # linker/drift moved on but nothing was stored: rebuild
-                    self._live.pop(frame.session_id, None)
-                raise
-            live.frames_stored += 1
-            live.last_frame_index = frame.frame_index
-        with self._live_lock:
-            condition = self._new_frames.get(frame.session_id)
-        _notify(condition)
-        return self._labelled(live, IngestResult(True))
+        return self._intake.ingest(frame)
 
-    @staticmethod
-    def _labelled(live: _Live, result: IngestResult) -> IngestResult:
-        spec = live.spec
-        return replace(
-            result,
-            microscope_id=spec["microscope_id"],
-            arm=spec["model_version"],
-            shadow_arm=spec["shadow_model_version"],
-        )
+    @property
+    def closing(self) -> bool:
+        return self._intake.closing
 
-    def _process(self, live: _Live, frame: FrameInput) -> tuple[dict, np.ndarray]:
-        """The frame's stored row (statistics included) and its detections (store columns)."""
-        spec, values = live.spec, _loop_values(frame.loops)
-        ordinal = live.frames_stored
-        x, y = values[:, LOOP_COLUMNS.index("x_px")], values[:, LOOP_COLUMNS.index("y_px")]
-        pred_x, pred_y = live.drift.predict()
-        known_below = live.linker.next_track_id
-        track_ids = live.linker.link(np.column_stack([x - pred_x, y - pred_y]), ordinal)
-        dx, dy = live.drift.update(track_ids, x, y, ordinal)
-        n = len(values)
-        detections = np.column_stack(
-            [
-                np.full(n, frame.frame_index),
-                np.arange(n),
-                track_ids,
-                values,
-                x - dx,
-                y - dy,
-                live.drift.homes_of(track_ids),
-            ]
-        )
-        pixel_nm = spec["pixel_size_nm"]
-        row = {
-            "frame_index": frame.frame_index,
-            "ordinal": ordinal,
-            "timestamp_s": frame.timestamp_s,
-            "width_px": frame.width_px,
-            "height_px": frame.height_px,
-            "model_name": frame.model_name,
-            "model_version": frame.model_version,
-            "linked_count": int(np.sum(track_ids < known_below)),
-            "drift_x_px": dx,
-            "drift_y_px": dy,
-            "drift_x_nm": dx * pixel_nm,
-            "drift_y_nm": dy * pixel_nm,
-            NEXT_TRACK_COLUMN: live.linker.next_track_id,
-            "received_unix_s": time.time(),
-            "latency_s": frame.latency_s or None,  # 0 = not measured
-            **_shadow_columns(frame.shadow),
-            **statistics.frame_statistics(
-                values[:, LOOP_COLUMNS.index("major_px")],
-                values[:, LOOP_COLUMNS.index("minor_px")],
-                frame.width_px,
-                frame.height_px,
-                pixel_nm,
-                frame.timestamp_s,
-                spec["dose_rate_ions_cm2_s"],
-            ),
-        }
-        return row, detections
+    def shutdown(self) -> None:
+        """Refuse new frames from now on; commits in flight finish."""
+        self._intake.shutdown()
 
-    def _live_session(self, session_id: str) -> _Live:
-        with self._live_lock:
-            live = self._live.get(session_id)
-            if live is None:
-                live = self._live[session_id] = self._rebuild(session_id)
-            return live
-
-    def _rebuild(self, session_id: str) -> _Live:
-        """Live state from the store: linker and drift exactly as after the last stored frame."""
-        spec = self.store.session(session_id)
-        if spec is None:
-            raise SessionNotFound(session_id)
-        memory = int(spec["memory_frames"])
-        linker = SessionLinker(spec["search_range_nm"] / spec["pixel_size_nm"], memory)
-        drift = DriftEstimator(memory)
-        progress = self.store.progress(session_id)
-        live = _Live(spec, linker, drift, progress.frames_stored, progress.last_frame_index)
-        if progress.frames_stored == 0:
-            return live
-        # Two frames more than the linker keeps: the drift predictions it linked those with.
-        frames = self.store.last_frames(session_id, memory + 3)
-        drifts = {
-            int(o): (x, y)
-            for o, x, y in zip(frames.ordinal, frames.drift_x_px, frames.drift_y_px, strict=True)
-        }
-
-        def drift_at(ordinal: int) -> tuple[float, float]:
-            return drifts.get(ordinal, (0.0, 0.0))  # zero before the first frame
-
-        kept = frames.iloc[-(memory + 1) :]
-        recent = self.store.detections(session_id, int(kept.frame_index.iloc[0]))
-        recent = recent.merge(kept[["frame_index", "ordinal"]], on="frame_index")
-        pred = np.array([predicted_drift(drift_at(o - 1), drift_at(o - 2)) for o in recent.ordinal.tolist()])
-        pred = pred.reshape(-1, 2)
-        recent = recent.assign(x_link_px=recent.x_px - pred[:, 0], y_link_px=recent.y_px - pred[:, 1])
-        linker.next_track_id = int(kept[NEXT_TRACK_COLUMN].iloc[-1])
-        linker.restore(recent, [int(o) for o in kept.ordinal])
-        log.info(
-            "session recovered from the store",
-            extra={
-                "session_id": session_id,
-                "frames": progress.frames_stored,
-                "last_frame": progress.last_frame_index,
-            },
-        )
-        last = int(kept.ordinal.iloc[-1])
-        drift.restore(drift_at(last), drift_at(last - 1), recent.drop_duplicates("track_id", keep="last"))
-        return live
+    def wait_for_frame(self, session_id: str, after_frame: int, timeout_s: float) -> bool:
+        """Block until the session has a frame after ``after_frame`` (True), or timeout/close/shutdown."""
+        return self._intake.wait_for_frame(session_id, after_frame, timeout_s)
 
     # -- queries ----------------------------------------------------------------------------
 
     def statistics(
         self, session_id: str, from_frame: int = 0, to_frame: int | None = None
     ) -> tuple[pd.DataFrame, dict, dict]:
-        """Per-frame statistics in [from_frame, to_frame], the session's summary and the window's.
-
-        The window's summary sees only the window: a track's lifetime there is the part inside it.
-        """
-        spec = self.session(session_id)
-        frames = statistics.with_dose(self.store.frames(session_id), spec["dpa_per_ion_cm2"])
-        detections = self.store.detections(session_id)
-        summary = statistics.session_summary(frames, detections, spec)
-        upper = np.inf if to_frame is None else to_frame
-        in_frames = frames[(frames.frame_index >= from_frame) & (frames.frame_index <= upper)].reset_index(
-            drop=True
-        )
-        in_detections = detections[(detections.frame_index >= from_frame) & (detections.frame_index <= upper)]
-        return in_frames, summary, statistics.session_summary(in_frames, in_detections, spec)
+        """Per-frame statistics in [from_frame, to_frame], the session's summary and the window's."""
+        return self._queries.statistics(session_id, from_frame, to_frame)
 
     def arm_statistics(self, pipeline: str = "", since_unix_s: float = 0.0) -> pd.DataFrame:
-        """Per-arm statistics (``statistics.ARM_STATISTICS``) of the sessions opened since then."""
-        return statistics.arm_statistics(self.store.arm_frames(pipeline, since_unix_s))
-
-    def tracks(self, session_id: str, min_length: int = 1) -> pd.DataFrame:
-        spec = self.session(session_id)
-        detections = self.store.detections(session_id)
-        table = statistics.tracks_table(detections, self.store.frames(session_id), spec["pixel_size_nm"])
-        return table[table.length >= min_length].reset_index(drop=True)
+        return self._queries.arm_statistics(pipeline, since_unix_s)
 
     def frames(self, session_id: str, from_frame: int = 0) -> pd.DataFrame:
         """Stored per-frame statistics from ``from_frame`` on, with the dose in dpa."""
-        dpa_per_ion_cm2 = self.session(session_id)["dpa_per_ion_cm2"]
-        return statistics.with_dose(self.store.frames(session_id, from_frame), dpa_per_ion_cm2)
+        return self._queries.frames(session_id, from_frame)
 
-    def track_points(self, session_id: str, track_ids: list[int]) -> pd.DataFrame:
-        """Detections of the given tracks with their timestamps, by track then frame."""
-        detections = self.store.detections(session_id)
-        points = detections[detections.track_id.isin(track_ids)]
-        points = points.merge(self.store.frames(session_id)[["frame_index", "timestamp_s"]], on="frame_index")
-        return points.sort_values(["track_id", "frame_index"], kind="stable")
+    def tracks(self, session_id: str, min_length: int = 1) -> pd.DataFrame:
+        return self._queries.tracks(session_id, min_length)
 
-    @property
-    def closing(self) -> bool:
-        return self._closing
-
-    def wait_for_frame(self, session_id: str, after_frame: int, timeout_s: float) -> bool:
-        """Block until the session has a frame after ``after_frame`` (True), or timeout/close/shutdown."""
-        deadline = time.monotonic() + timeout_s
-        with self._live_lock:
-            condition = self._new_frames.setdefault(session_id, threading.Condition())
-        with condition:
-            while True:
-                if self.store.last_frame_index(session_id) > after_frame:
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closing or self.session(session_id)["closed"]:
-                    return False
-                condition.wait(remaining)
-
-
-def _notify(condition: threading.Condition | None) -> None:
-    if condition is not None:
-        with condition:
-            condition.notify_all()
-
-
-def _shadow_columns(shadow: ShadowInput | None) -> dict:
-    if shadow is None:
-        return {}  # stored as NULL: not shadowed
-    return {
-        "shadow_model_version": shadow.model_version,
-        "shadow_candidate_loop_count": shadow.candidate_loop_count,
-        "shadow_matched": shadow.matched,
-        "shadow_f1": shadow.f1,
-        "shadow_latency_s": shadow.latency_s,
-    }
-
-
-def _loop_values(loops: pd.DataFrame) -> np.ndarray:
-    """``loops`` as an (n, 11) float array in ``LOOP_COLUMNS`` order (no copy when already so)."""
-    if list(loops.columns) != LOOP_COLUMNS:
-        loops = loops[LOOP_COLUMNS]
-    return loops.to_numpy(float)
-
-
-def _rejected(rejection: str, error: str) -> IngestResult:
-    return IngestResult(False, error=error, rejection=rejection)
+    def tracks_with_points(self, session_id: str, min_length: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Tracks and their points (sizes in nm), from one read of the detections."""
+        return self._queries.tracks_with_points(session_id, min_length)

@@ -10,7 +10,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from loopstream.tracker.engine import REJECTIONS, IngestResult
+from loopstream.core.detections import loop_count
+from loopstream.tracker.ingest import REJECTIONS, IngestResult
 from loopstream.tracker.store import STORE_ERROR_KINDS
 from loopstream.v1 import tracker_pb2 as pb
 
@@ -33,7 +34,7 @@ class TrackerMetrics:
         )
         self.rejected = Counter(
             "loopstream_tracker_frames_rejected",
-            "Frames not stored, by reason (engine.REJECTIONS); no label comes from the frame",
+            "Frames not stored, by reason (ingest.REJECTIONS); no label comes from the frame",
             ["reason"],
             registry=self.registry,
         )
@@ -108,7 +109,7 @@ class TrackerMetrics:
         self.frames.labels(microscope, arm, "duplicate" if result.duplicate else "accepted").inc()
         if result.duplicate:
             return
-        self.detections.labels(microscope, arm).inc(len(frame.loops))
+        self.detections.labels(microscope, arm).inc(loop_count(frame))
         if frame.latency_s > 0:
             self.inference_latency.labels(arm).observe(frame.latency_s)
         if frame.HasField("shadow"):

@@ -92,9 +92,10 @@ def serve(config: ServerConfig) -> RunningTracker:
     """Start a tracker and return it with its bound ports."""
     store = Store(config.db, config.synchronous, config.check_integrity)
     policy = PolicyFile(config.ab_policy) if config.ab_policy else None  # re-read when the file changes
-    engine = TrackerEngine(store, config.defaults, assign=policy.assign if policy else None)
-    metrics = TrackerMetrics(engine.open_sessions)
-    engine.on_commit = metrics.commit_latency.observe
+    metrics = TrackerMetrics(lambda: engine.open_sessions())  # first read at a scrape, after the next line
+    engine = TrackerEngine(
+        store, config.defaults, metrics.commit_latency.observe, policy.assign if policy else None
+    )
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     workers = config.max_watchers + config.max_detection_streams + UNARY_WORKERS
     server = grpc.server(

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import grpc
 import pandas as pd
 
-from loopstream.core.detections import LOOP_COLUMNS, decode_loops
+from loopstream.core.detections import message_loops
 from loopstream.tracker import export
-from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
+from loopstream.tracker.engine import TrackerEngine
+from loopstream.tracker.ingest import IngestResult, rejected
 from loopstream.tracker.previews import LatestPreviews
 from loopstream.tracker.rollout import PolicyFile
+from loopstream.tracker.sessions import SessionNotFound
 from loopstream.tracker.store import store_error_kind, store_error_sentence
 from loopstream.tracker.validation import FrameInput, ShadowInput
 from loopstream.v1 import tracker_pb2 as pb
@@ -39,7 +41,7 @@ def _session_message(s: dict) -> pb.Session:
         frame_rate_hz=s["frame_rate_hz"],
         dose_rate_ions_cm2_s=s["dose_rate_ions_cm2_s"],
         dpa_per_ion_cm2=s["dpa_per_ion_cm2"],
-        model_family=int(s["model_family"]),
+        model_family=pb.ModelFamily.ValueType(s["model_family"]),
         search_range_nm=s["search_range_nm"],
         memory_frames=int(s["memory_frames"]),
     )
@@ -56,21 +58,22 @@ def _session_message(s: dict) -> pb.Session:
         memory_frames=int(s["memory_frames"]),
         shadow_model_version=s["shadow_model_version"],
         shadow_fraction=s["shadow_fraction"],
+        reads_loop_table=True,
     )
 
 
+# The fields FrameInput takes from FrameDetections as they are (same names, same units).
+_FRAME_FIELDS = [f.name for f in dataclasses.fields(FrameInput) if f.name not in ("loops", "shadow")]
+
+
 def frame_input(msg: pb.FrameDetections) -> FrameInput:
-    """The domain view of one FrameDetections message."""
+    """The domain view of one FrameDetections message: its loops decoded once, into one array.
+
+    Raises ValueError (with what to do) when the loops cannot be read.
+    """
     return FrameInput(
-        session_id=msg.session_id,
-        frame_index=msg.frame_index,
-        timestamp_s=msg.timestamp_s,
-        model_name=msg.model_name,
-        model_version=msg.model_version,
-        width_px=msg.width_px,
-        height_px=msg.height_px,
-        loops=pd.DataFrame(decode_loops(msg.loops), columns=LOOP_COLUMNS),
-        latency_s=msg.latency_s,
+        **{name: getattr(msg, name) for name in _FRAME_FIELDS},
+        loops=message_loops(msg),
         shadow=_shadow_input(msg.shadow) if msg.HasField("shadow") else None,
     )
 
@@ -79,23 +82,11 @@ def _shadow_input(msg: pb.ShadowAgreement) -> ShadowInput:
     return ShadowInput(msg.model_version, msg.candidate_loop_count, msg.matched, msg.f1, msg.latency_s)
 
 
-def _frame_statistics(row) -> pb.FrameStatistics:
-    return pb.FrameStatistics(
-        frame_index=int(row.frame_index),
-        timestamp_s=row.timestamp_s,
-        fluence_ions_cm2=row.fluence_ions_cm2,
-        loop_count=int(row.loop_count),
-        density_per_um2=row.density_per_um2,
-        mean_major_nm=row.mean_major_nm,
-        mean_minor_nm=row.mean_minor_nm,
-        foreground_percent=row.foreground_percent,
-        drift_x_px=row.drift_x_px,
-        drift_y_px=row.drift_y_px,
-        drift_x_nm=row.drift_x_nm,
-        drift_y_nm=row.drift_y_nm,
-        linked_count=int(row.linked_count),
-        dose_dpa=row.dose_dpa,
-    )
+def _rows(message_type, table: pd.DataFrame) -> list[dict]:
+    """The scalar fields of one ``message_type`` per row of ``table``, from the columns of their
+    names (the domain tables are named after the wire's fields, units included)."""
+    fields = [f.name for f in message_type.DESCRIPTOR.fields if f.message_type is None]
+    return table[fields].to_dict(orient="records")
 
 
 def _summary_message(summary: dict) -> pb.SessionSummary:
@@ -150,6 +141,20 @@ def _status_codes(method):
             abort(self, context, e)
 
     return unary
+
+
+def _in_slot(slots: str):
+    """A streaming method that holds one of ``self.<slots>`` (a ``_Slots``) while it runs."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def held(self, request, context):
+            with getattr(self, slots).hold(context):
+                yield from method(self, request, context)
+
+        return held
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -230,40 +235,13 @@ class TrackerService(pb_grpc.TrackerServicer):
             sessions=[_session_message(s) for s in self.engine.sessions(request.include_closed)]
         )
 
+    @_in_slot("_streams")
     def StreamDetections(
         self, request_iterator: Iterator[pb.FrameDetections], context: grpc.ServicerContext
     ) -> Iterator[pb.Ack]:
-        with self._streams.hold(context):
-            yield from self._acks(request_iterator)
-
-    def _acks(self, request_iterator: Iterator[pb.FrameDetections]) -> Iterator[pb.Ack]:
         for msg in request_iterator:
             received = time.perf_counter()
-            try:
-                result = self.engine.ingest(frame_input(msg))
-            except sqlite3.Error as e:  # e.g. disk full: this frame fails, the stream and the session go on
-                kind = store_error_kind(e)
-                log.error(
-                    "frame not stored",
-                    extra={
-                        "session_id": msg.session_id,
-                        "frame_index": msg.frame_index,
-                        "kind": kind,
-                        "error": str(e),
-                    },
-                )
-                if self.on_store_error is not None:
-                    self.on_store_error(kind)
-                result = IngestResult(False, error=store_error_sentence(e), rejection="store")
-            except Exception as e:  # a bug: this frame fails, the stream goes on
-                log.exception(
-                    "frame not stored", extra={"session_id": msg.session_id, "frame_index": msg.frame_index}
-                )
-                result = IngestResult(
-                    False,
-                    error=f"internal error, frame not stored ({e}): resend it later",
-                    rejection="internal",
-                )
+            result = self._store(msg)
             if self.engine.closing and not result.accepted:
                 # Refused only because we are stopping: no ack, so the client resends it to the
                 # restarted tracker (an end of the stream it did not ask for is its cue to reconnect).
@@ -289,6 +267,34 @@ class TrackerService(pb_grpc.TrackerServicer):
             if self.engine.closing:
                 return  # end the stream now, so a stopping server need not wait out its grace period
 
+    def _store(self, msg: pb.FrameDetections) -> IngestResult:
+        """Ingest one frame; whatever goes wrong fails this frame alone, with the reason."""
+        try:
+            frame = frame_input(msg)
+        except ValueError as e:  # loops that cannot be read
+            return rejected("invalid", f"{e}; resend frame {msg.frame_index}")
+        try:
+            return self.engine.ingest(frame)
+        except sqlite3.Error as e:  # e.g. disk full: this frame fails, the stream and the session go on
+            kind = store_error_kind(e)
+            log.error(
+                "frame not stored",
+                extra={
+                    "session_id": msg.session_id,
+                    "frame_index": msg.frame_index,
+                    "kind": kind,
+                    "error": str(e),
+                },
+            )
+            if self.on_store_error is not None:
+                self.on_store_error(kind)
+            return rejected("store", store_error_sentence(e))
+        except Exception as e:  # a bug: this frame fails, the stream goes on
+            log.exception(
+                "frame not stored", extra={"session_id": msg.session_id, "frame_index": msg.frame_index}
+            )
+            return rejected("internal", f"internal error, frame not stored ({e}): resend it later")
+
     @_status_codes
     def GetStatistics(
         self, request: pb.StatisticsRequest, context: grpc.ServicerContext
@@ -297,7 +303,7 @@ class TrackerService(pb_grpc.TrackerServicer):
         frames, summary, window = self.engine.statistics(request.session_id, request.from_frame, to_frame)
         return pb.StatisticsReply(
             session_id=request.session_id,
-            frames=[_frame_statistics(r) for r in frames.itertuples(index=False)],
+            frames=[pb.FrameStatistics(**r) for r in _rows(pb.FrameStatistics, frames)],
             summary=_summary_message(summary),
             window=_summary_message(window),
         )
@@ -318,21 +324,18 @@ class TrackerService(pb_grpc.TrackerServicer):
         return pb.PolicyReply(policy_json=policy.to_json(), loaded_at_unix_s=self.policy.loaded_at_unix_s)
 
     @_status_codes
+    @_in_slot("_watchers")
     def WatchStatistics(
         self, request: pb.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FrameStatistics]:
-        with self._watchers.hold(context):
-            yield from self._watch(request, context)
-
-    def _watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.FrameStatistics]:
         self.engine.session(request.session_id)
         next_frame = request.from_frame
         while context.is_active():
             # Checked before reading: every frame stored before the close is still sent.
             ended = self.engine.session(request.session_id)["closed"] or self.engine.closing
             frames = self.engine.frames(request.session_id, next_frame)
-            for row in frames.itertuples(index=False):
-                yield _frame_statistics(row)
+            for row in _rows(pb.FrameStatistics, frames):
+                yield pb.FrameStatistics(**row)
             if len(frames):
                 next_frame = int(frames.frame_index.iloc[-1]) + 1
             if ended:
@@ -341,50 +344,19 @@ class TrackerService(pb_grpc.TrackerServicer):
 
     @_status_codes
     def GetTracks(self, request: pb.TracksRequest, context: grpc.ServicerContext) -> pb.TracksReply:
-        session = self.engine.session(request.session_id)
-        tracks = self.engine.tracks(request.session_id, max(request.min_length, 1))
-        points = self.engine.track_points(request.session_id, tracks.track_id.tolist())
-        pixel_nm = session["pixel_size_nm"]
-        by_track = dict(iter(points.groupby("track_id", sort=False)))
-        reply = pb.TracksReply(session_id=request.session_id)
-        for t in tracks.itertuples(index=False):
-            p = by_track[t.track_id]
-            reply.tracks.append(
-                pb.Track(
-                    track_id=int(t.track_id),
-                    birth_frame=int(t.birth_frame),
-                    death_frame=int(t.death_frame),
-                    growth_rate_nm_s=t.growth_rate_nm_s,
-                    growth_rate_ci95_nm_s=t.growth_rate_ci95_nm_s,
-                    lifetime_s=t.lifetime_s,
-                    displacement_nm=t.displacement_nm,
-                    length=int(t.length),
-                    points=[
-                        pb.TrackPoint(
-                            frame_index=int(q.frame_index),
-                            x_px=q.x_px,
-                            y_px=q.y_px,
-                            major_nm=q.major_px * pixel_nm,
-                            minor_nm=q.minor_px * pixel_nm,
-                            timestamp_s=q.timestamp_s,
-                            x_corrected_px=q.x_corrected_px,
-                            y_corrected_px=q.y_corrected_px,
-                        )
-                        for q in p.itertuples(index=False)
-                    ],
-                )
-            )
-        return reply
+        tracks, points = self.engine.tracks_with_points(request.session_id, max(request.min_length, 1))
+        points_of = {
+            track_id: [pb.TrackPoint(**q) for q in _rows(pb.TrackPoint, group)]
+            for track_id, group in points.groupby("track_id", sort=False)
+        }
+        return pb.TracksReply(
+            session_id=request.session_id,
+            tracks=[pb.Track(**t, points=points_of[t["track_id"]]) for t in _rows(pb.Track, tracks)],
+        )
 
     @_status_codes
     def ExportSession(
         self, request: pb.ExportRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportChunk]:
         for chunk in export.export_session(self.engine, request.session_id):
-            yield pb.ExportChunk(
-                session_id=request.session_id,
-                name=chunk.name,
-                media_type=chunk.media_type,
-                data=chunk.data,
-                last=chunk.last,
-            )
+            yield pb.ExportChunk(session_id=request.session_id, **dataclasses.asdict(chunk))

@@ -48,6 +48,20 @@ def frame_statistics(
     }
 
 
+def frame_drift(dx_px: float, dy_px: float, pixel_size_nm: float) -> dict[str, float]:
+    """A frame's cumulative drift in px and nm.
+
+    >>> frame_drift(2.0, -1.0, 0.5)
+    {'drift_x_px': 2.0, 'drift_y_px': -1.0, 'drift_x_nm': 1.0, 'drift_y_nm': -0.5}
+    """
+    return {
+        "drift_x_px": dx_px,
+        "drift_y_px": dy_px,
+        "drift_x_nm": dx_px * pixel_size_nm,
+        "drift_y_nm": dy_px * pixel_size_nm,
+    }
+
+
 def with_dose(frames: pd.DataFrame, dpa_per_ion_cm2: float) -> pd.DataFrame:
     """``frames`` with ``dose_dpa`` = fluence x the session's dpa per ion/cm^2 (0 when unknown).
 
@@ -100,6 +114,39 @@ def tracks_table(detections: pd.DataFrame, frames: pd.DataFrame, pixel_size_nm: 
     )
     out.index.name = "track_id"
     return out.reset_index()
+
+
+def track_points(
+    detections: pd.DataFrame, frames: pd.DataFrame, track_ids: pd.Series, pixel_size_nm: float
+) -> pd.DataFrame:
+    """The detections of the given tracks, by track then frame, with their time and sizes in nm.
+
+    Columns: ``track_id, frame_index, timestamp_s, x_px, y_px, x_corrected_px, y_corrected_px,
+    major_nm, minor_nm``.
+
+    >>> d = pd.DataFrame({"frame_index": [0, 0, 1], "track_id": [4, 7, 4], "x_px": [1.0, 9.0, 2.0],
+    ...     "y_px": 0.0, "x_corrected_px": 0.0, "y_corrected_px": 0.0, "major_px": [4.0, 6.0, 5.0],
+    ...     "minor_px": 2.0})
+    >>> f = pd.DataFrame({"frame_index": [0, 1], "timestamp_s": [0.0, 0.5]})
+    >>> track_points(d, f, pd.Series([4]), 2.0)[["frame_index", "timestamp_s", "major_nm"]].values.tolist()
+    [[0.0, 0.0, 8.0], [1.0, 0.5, 10.0]]
+    """
+    points = detections[detections.track_id.isin(track_ids)]
+    points = points.merge(frames[["frame_index", "timestamp_s"]], on="frame_index")
+    points = points.sort_values(["track_id", "frame_index"], kind="stable")
+    return pd.DataFrame(
+        {
+            "track_id": points.track_id,
+            "frame_index": points.frame_index,
+            "timestamp_s": points.timestamp_s,
+            "x_px": points.x_px,
+            "y_px": points.y_px,
+            "x_corrected_px": points.x_corrected_px,
+            "y_corrected_px": points.y_corrected_px,
+            "major_nm": points.major_px * pixel_size_nm,
+            "minor_nm": points.minor_px * pixel_size_nm,
+        }
+    ).reset_index(drop=True)
 
 
 def growth_rate(time_s: np.ndarray, major_nm: np.ndarray) -> tuple[float, float]:

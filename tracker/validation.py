@@ -51,7 +51,12 @@ class ShadowInput:
 
 @dataclass(frozen=True)
 class FrameInput:
-    """One frame's detections as the domain sees them (wire-independent)."""
+    """One frame's detections as the domain sees them (wire-independent).
+
+    ``loops`` is one ``(n, 11)`` float64 array in ``LOOP_COLUMNS`` order, the container a frame's
+    loops keep from the decoded message to the SQL insert. A table with those columns (tests,
+    benchmarks, ``loopstream.dev.synthetic``) is turned into that array here, once.
+    """
 
     session_id: str
     frame_index: int
@@ -60,9 +65,14 @@ class FrameInput:
     model_version: str
     width_px: int
     height_px: int
-    loops: pd.DataFrame  # LOOP_COLUMNS, one row per loop
+    loops: np.ndarray
     latency_s: float = 0.0  # client-measured inference latency; 0 = not measured
     shadow: ShadowInput | None = None  # None = not shadowed
+
+    def __post_init__(self) -> None:
+        loops = self.loops[LOOP_COLUMNS] if isinstance(self.loops, pd.DataFrame) else self.loops
+        values = np.ascontiguousarray(loops, dtype=np.float64).reshape(-1, len(LOOP_COLUMNS))
+        object.__setattr__(self, "loops", values)
 
 
 def identifier_problem(name: str, value: str) -> str | None:
@@ -117,8 +127,7 @@ def spec_problem(spec: dict) -> str | None:
 def frame_problem(frame: FrameInput) -> str | None:
     """The first thing wrong with ``frame`` as a sentence, or None if it can be stored.
 
-    >>> loops = pd.DataFrame([[0.9, 5, 5, -3, 2, 0, 10, 0, 0, 4, 4]], columns=LOOP_COLUMNS)
-    >>> frame = FrameInput("s", 0, 0.0, "m", "", 64, 64, loops)
+    >>> frame = FrameInput("s", 0, 0.0, "m", "", 64, 64, np.array([[0.9, 5, 5, -3, 2, 0, 10, 0, 0, 4, 4]]))
     >>> print(frame_problem(frame))  # doctest: +NORMALIZE_WHITESPACE
     loop 0 has major_px = -3.0: it must be > 0 and <= 181.0 (twice the frame diagonal); fix the
     detector output and resend frame 0
@@ -185,10 +194,9 @@ def _loop_problem(frame: FrameInput, resend: str) -> str | None:
     bounding box too), its axes and box sides be positive and at most twice the frame diagonal
     (minor <= major), its area within the frame's, its score a probability, its angle in degrees.
     """
-    loops = frame.loops if list(frame.loops.columns) == LOOP_COLUMNS else frame.loops[LOOP_COLUMNS]
-    if loops.empty:
+    if not len(frame.loops):
         return None
-    v = {c: loops[c].to_numpy(dtype=float) for c in LOOP_COLUMNS}
+    v = dict(zip(LOOP_COLUMNS, frame.loops.T, strict=True))  # column views of the one array
     w, h = float(frame.width_px), float(frame.height_px)
     longest = round(2 * float(np.hypot(w, h)), 1)
     half = np.clip(np.nan_to_num(v["major_px"]), 0, longest) / 2
@@ -245,8 +253,12 @@ def _loop_problem(frame: FrameInput, resend: str) -> str | None:
             f"the box must overlap the frame (0..{h:g} px)",
         ),
     ]
-    for column, ok, rule in checks:
-        bad = ~(ok & np.isfinite(v[column]))
+    finite = np.isfinite(frame.loops)[:, [LOOP_COLUMNS.index(column) for column, _, _ in checks]]
+    passed = np.column_stack([ok for _, ok, _ in checks]) & finite
+    if passed.all():
+        return None  # the usual case, decided in one pass
+    for (column, _, rule), good in zip(checks, passed.T, strict=True):
+        bad = ~good
         if bad.any():
             row = int(np.argmax(bad))
             return f"loop {row} has {column} = {v[column][row]}: {rule}; {resend}"
@@ -259,6 +271,5 @@ def content_hash(frame: FrameInput) -> bytes:
     digest.update(struct.pack("<dii", frame.timestamp_s, frame.width_px, frame.height_px))
     for text in (frame.model_name, frame.model_version):
         digest.update(text.encode() + b"\0")
-    loops = frame.loops if list(frame.loops.columns) == LOOP_COLUMNS else frame.loops[LOOP_COLUMNS]
-    digest.update(np.ascontiguousarray(loops.to_numpy(dtype="<f8")).tobytes())
+    digest.update(np.ascontiguousarray(frame.loops, dtype="<f8").tobytes())
     return digest.digest()

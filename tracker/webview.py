@@ -36,8 +36,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from loopstream.tracker import export
-from loopstream.tracker.engine import IngestResult, SessionNotFound, TrackerEngine
+from loopstream.tracker.engine import TrackerEngine
+from loopstream.tracker.ingest import IngestResult
 from loopstream.tracker.previews import LatestPreviews
+from loopstream.tracker.sessions import SessionNotFound
 from loopstream.v1 import tracker_pb2 as pb
 
 log = logging.getLogger("loopstream.tracker")

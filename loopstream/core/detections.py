@@ -1,19 +1,26 @@
 """The wire contract of a frame's loops: one column list, one codec, one shadow rule.
 
-Triton's ``DETECTIONS`` output is a float32 array ``[loops, 11]`` in ``LOOP_COLUMNS`` order; the
-tracker receives the same loops as ``loopstream.v1.Loop`` messages (bbox_* columns are the fields
-of the nested ``BoundingBox``). Every producer and consumer (client, tracker, tests, benchmarks)
-converts through ``encode_loops`` / ``decode_loops`` here, so the order is written down once.
+Triton's ``DETECTIONS`` output is a float32 array ``[loops, 11]`` in ``LOOP_COLUMNS`` order. The
+tracker receives the same array as ``FrameDetections.loop_table`` (its bytes, little-endian), or,
+from clients older than the table, as one ``loopstream.v1.Loop`` message per loop (bbox_* columns
+are the fields of the nested ``BoundingBox``). Every producer and consumer (client, tracker,
+tests, benchmarks) converts through ``put_loops`` / ``message_loops`` here, so the order is
+written down once; on the tracker's side a frame's loops are then one float64 array, in this
+order, from the decoded message to the SQL insert.
 
 Examples
 --------
 >>> import numpy as np
 >>> detections = np.arange(22, dtype=np.float32).reshape(2, 11)
->>> messages = encode_loops(detections)
->>> messages[1].bbox.height_px, bool((decode_loops(messages) == detections).all())
-(21.0, True)
->>> decode_loops([]).shape
-(0, 11)
+>>> table, messages = pb.FrameDetections(), pb.FrameDetections()
+>>> put_loops(table, detections)
+>>> put_loops(messages, detections, table=False)
+>>> len(table.loop_table), messages.loops[1].bbox.height_px
+(88, 21.0)
+>>> bool((message_loops(table) == detections).all() and (message_loops(messages) == detections).all())
+True
+>>> message_loops(pb.FrameDetections()).shape, loop_count(table)
+((0, 11), 2)
 """
 
 from __future__ import annotations
@@ -39,12 +46,55 @@ LOOP_COLUMNS = [
     "bbox_width_px",
     "bbox_height_px",
 ]
-# One Loop message as a tuple in LOOP_COLUMNS order (one C call per loop: the hot path of ingest).
+# One Loop message as a tuple in LOOP_COLUMNS order (one C call per loop: old clients' ingest path).
 _LOOP_VALUES = operator.attrgetter(*(c.replace("bbox_", "bbox.", 1) for c in LOOP_COLUMNS))
+_TABLE_DTYPE = np.dtype("<f4")
+LOOP_TABLE_ROW_BYTES = len(LOOP_COLUMNS) * _TABLE_DTYPE.itemsize
+
+
+def put_loops(message: pb.FrameDetections, detections: np.ndarray, table: bool = True) -> None:
+    """Set the loops of ``message`` from a ``DETECTIONS`` array (rows in ``LOOP_COLUMNS`` order).
+
+    ``table``: as one ``loop_table`` (a tracker whose ``Session.reads_loop_table`` says it reads
+    it); else as ``Loop`` messages, the form trackers older than the table read.
+    """
+    rows = np.asarray(detections).reshape(-1, len(LOOP_COLUMNS))
+    if table:
+        message.loop_table = np.ascontiguousarray(rows, dtype=_TABLE_DTYPE).tobytes()
+    else:
+        message.loops.extend(encode_loops(rows))
+
+
+def message_loops(message: pb.FrameDetections) -> np.ndarray:
+    """The ``[loops, 11]`` float64 array (``LOOP_COLUMNS`` order) of a frame, from either form.
+
+    Raises ValueError, with what to do, for a table that is not whole rows or a message with both.
+    """
+    data = message.loop_table
+    if not data:
+        return _decode_loops(message.loops)
+    if len(message.loops):
+        raise ValueError(
+            f"frame {message.frame_index} has both loop_table and {len(message.loops)} Loop messages: "
+            "send the loops in one form only"
+        )
+    if len(data) % LOOP_TABLE_ROW_BYTES:
+        raise ValueError(
+            f"loop_table of frame {message.frame_index} has {len(data)} bytes, not a whole number of "
+            f"loops ({LOOP_TABLE_ROW_BYTES} bytes each: {len(LOOP_COLUMNS)} little-endian float32 in "
+            "LOOP_COLUMNS order); encode it with loopstream.core.detections.put_loops"
+        )
+    return np.frombuffer(data, _TABLE_DTYPE).reshape(-1, len(LOOP_COLUMNS)).astype(np.float64)
+
+
+def loop_count(message: pb.FrameDetections) -> int:
+    """How many loops ``message`` carries, in whichever form (without decoding them)."""
+    return len(message.loop_table) // LOOP_TABLE_ROW_BYTES or len(message.loops)
 
 
 def encode_loops(detections: np.ndarray) -> list[pb.Loop]:
-    """``pb.Loop`` messages of a ``DETECTIONS`` array (rows in ``LOOP_COLUMNS`` order)."""
+    """``pb.Loop`` messages of a ``DETECTIONS`` array (rows in ``LOOP_COLUMNS`` order): the form
+    of clients older than ``loop_table``."""
     return [
         pb.Loop(
             score=row[0],
@@ -60,7 +110,7 @@ def encode_loops(detections: np.ndarray) -> list[pb.Loop]:
     ]
 
 
-def decode_loops(loops: Sequence[pb.Loop]) -> np.ndarray:
+def _decode_loops(loops: Sequence[pb.Loop]) -> np.ndarray:
     """The ``[loops, 11]`` float64 array (``LOOP_COLUMNS`` order) of ``pb.Loop`` messages."""
     return np.array(list(map(_LOOP_VALUES, loops)), dtype=float).reshape(-1, len(LOOP_COLUMNS))
 

@@ -39,7 +39,7 @@ class SessionSpec(_message.Message):
     def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., dpa_per_ion_cm2: _Optional[float] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames", "shadow_model_version", "shadow_fraction")
+    __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames", "shadow_model_version", "shadow_fraction", "reads_loop_table")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Session(_message.Message):
     MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SHADOW_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    READS_LOOP_TABLE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     spec: SessionSpec
     model_name: str
@@ -64,7 +65,8 @@ class Session(_message.Message):
     memory_frames: int
     shadow_model_version: str
     shadow_fraction: float
-    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., shadow_model_version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ...) -> None: ...
+    reads_loop_table: bool
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., opened_at_unix_s: _Optional[float] = ..., closed: _Optional[bool] = ..., frames_stored: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., shadow_model_version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ..., reads_loop_table: _Optional[bool] = ...) -> None: ...
 
 class SessionRef(_message.Message):
     __slots__ = ("session_id",)
@@ -117,7 +119,7 @@ class Loop(_message.Message):
     def __init__(self, score: _Optional[float] = ..., x_px: _Optional[float] = ..., y_px: _Optional[float] = ..., major_px: _Optional[float] = ..., minor_px: _Optional[float] = ..., angle_deg: _Optional[float] = ..., area_px: _Optional[float] = ..., bbox: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
 
 class FrameDetections(_message.Message):
-    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops", "latency_s", "shadow", "preview")
+    __slots__ = ("session_id", "frame_index", "timestamp_s", "model_name", "model_version", "width_px", "height_px", "loops", "latency_s", "shadow", "preview", "loop_table")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +131,7 @@ class FrameDetections(_message.Message):
     LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    LOOP_TABLE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frame_index: int
     timestamp_s: float
@@ -140,7 +143,8 @@ class FrameDetections(_message.Message):
     latency_s: float
     shadow: ShadowAgreement
     preview: Preview
-    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ..., latency_s: _Optional[float] = ..., shadow: _Optional[_Union[ShadowAgreement, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ...) -> None: ...
+    loop_table: bytes
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., loops: _Optional[_Iterable[_Union[Loop, _Mapping]]] = ..., latency_s: _Optional[float] = ..., shadow: _Optional[_Union[ShadowAgreement, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., loop_table: _Optional[bytes] = ...) -> None: ...
 
 class Preview(_message.Message):
     __slots__ = ("media_type", "data", "width_px", "height_px")
