@@ -20,7 +20,7 @@ from loopstream.core.simulator import SimulationConfig
 from loopstream.dev.stack import LocalStack
 from loopstream.serving import repository
 from loopstream.serving.pipelines import PipelineSpec
-from loopstream.serving.triton import REPOSITORY
+from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
 from loopstream.tracker.client import TrackerClient
 from loopstream.tracker.server import RunningTracker, ServerConfig, serve
 from loopstream.tracker.store import AB_FRAME_COLUMNS, MIGRATIONS
@@ -153,3 +153,21 @@ def stored_ab_frames(db_path: Path, session_id: str) -> pd.DataFrame:
             db,
             params=(session_id,),
         ).astype({"frame_index": "int64"})
+
+
+def served_versions(
+    root: Path, pipeline: str, specs: tuple[PipelineSpec, ...], network: Path
+) -> Iterator[str]:
+    """A tritonserver serving ``pipeline`` as versions 1, 2, ... (one per spec) of ``network``, for
+    comparing settings on the same frames through the real server; yields its gRPC address."""
+    for version, spec in enumerate(specs, start=1):
+        repository.add_version(root / "repository", pipeline, spec, network, version)
+    options = TritonOptions(
+        repository=root / "repository",
+        ports=TritonPorts.ephemeral(),
+        model_control="explicit",
+        load_models=(f"{pipeline}_core", pipeline),
+    )
+    process = start_triton(options, root / "cache", root / "tritonserver.log", timeout_s=300)
+    yield f"127.0.0.1:{options.ports.grpc}"
+    process.stop()

@@ -13,10 +13,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from loopstream.client.shadow import agreement
 from loopstream.core.imaging import Tile
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.serving import repository
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
-from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
-from tests.conftest import CORE_MODEL, default_version, infer_detections
+from loopstream.serving.triton import REPOSITORY
+from tests.conftest import CORE_MODEL, default_version, infer_detections, served_versions
 
 PIPELINE = "loops_semantic"
 SHIPPED = PipelineSpec.read(REPOSITORY / PIPELINE / default_version(PIPELINE) / "pipeline.json")
@@ -27,18 +26,7 @@ TILED = PipelineSpec(**{**SHIPPED.__dict__, "tile_px": 512, "stride_px": 0})
 def url(tmp_path_factory: pytest.TempPathFactory):
     """Version 1: 512 px tiles with 64 px overlap (until now); version 2: the shipped settings."""
     assert SHIPPED.stride_px == 1 and SHIPPED.tile_px >= 2048, "the shipped U-Net runs on whole frames"
-    root = tmp_path_factory.mktemp("full_frame")
-    for version, spec in ((1, TILED), (2, SHIPPED)):
-        repository.add_version(root / "repository", PIPELINE, spec, CORE_MODEL, version)
-    options = TritonOptions(
-        repository=root / "repository",
-        ports=TritonPorts.ephemeral(),
-        model_control="explicit",
-        load_models=(f"{PIPELINE}_core", PIPELINE),
-    )
-    process = start_triton(options, root / "cache", root / "tritonserver.log", timeout_s=300)
-    yield f"127.0.0.1:{options.ports.grpc}"
-    process.stop()
+    yield from served_versions(tmp_path_factory.mktemp("full_frame"), PIPELINE, (TILED, SHIPPED), CORE_MODEL)
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,9 @@ import pytest
 from loopstream.client.shadow import agreement
 from loopstream.core.imaging import Tile
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.serving import repository
 from loopstream.serving.pipelines import Pipeline, PipelineSpec
-from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton
-from tests.conftest import CREME, SHEN_FRAMES, default_version, infer_detections
+from loopstream.serving.triton import REPOSITORY
+from tests.conftest import CREME, SHEN_FRAMES, default_version, infer_detections, served_versions
 
 PIPELINE = "loops_instance"
 SHIPPED = PipelineSpec.read(REPOSITORY / PIPELINE / default_version(PIPELINE) / "pipeline.json")
@@ -49,18 +48,9 @@ def test_the_tile_grids():
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory):
     """Version 1: v3's 512 px tiles with 64 px overlap; version 2: the shipped settings."""
-    root = tmp_path_factory.mktemp("instance_tiles")
-    for version, spec in ((1, SQUARE), (2, SHIPPED)):
-        repository.add_version(root / "repository", PIPELINE, spec, NETWORK, version)
-    options = TritonOptions(
-        repository=root / "repository",
-        ports=TritonPorts.ephemeral(),
-        model_control="explicit",
-        load_models=(f"{PIPELINE}_core", PIPELINE),
+    yield from served_versions(
+        tmp_path_factory.mktemp("instance_tiles"), PIPELINE, (SQUARE, SHIPPED), NETWORK
     )
-    process = start_triton(options, root / "cache", root / "tritonserver.log", timeout_s=300)
-    yield f"127.0.0.1:{options.ports.grpc}"
-    process.stop()
 
 
 def _frame(name: str) -> np.ndarray:

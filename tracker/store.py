@@ -579,7 +579,8 @@ class Store:
         One row per frame (sid, arm, loop_count, mean_major_nm, latency and shadow columns); a
         session without frames yet has one row with NULL frame columns, so it still counts.
         """
-        where, args = ["s.opened_at_unix_s >= ?"], list[float | str]([since_unix_s])
+        where = ["s.opened_at_unix_s >= ?"]
+        args: list[float | str] = [since_unix_s]
         if pipeline:
             where.append("s.model_name = ?")
             args.append(pipeline)
