@@ -16,7 +16,9 @@ counts of degenerate annotations and predictions; COCO mask AP (pycocotools). Wr
 ``--tune-ids`` chooses the threshold on *those* (training) images: the best pooled F1 among the
 thresholds with pooled |N_re| <= 10 % (the smallest |N_re| if none reaches it), writes the sweep
 (``threshold_sweep.csv``) and its F1 / N_re / P2 curve (``threshold_curve.png``), and evaluates
-``--ids`` at it.
+``--ids`` at it. The tuning images may come from several datasets, pooled: repeat ``--tune-coco``
+with one ``--tune-ids`` each, in the same order (as training's ``--coco`` / ``--exclude-ids``);
+without ``--tune-coco`` they are images of ``--coco``.
 
 Example (held-out creme images, the default instance version)::
 
@@ -345,7 +347,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--coco", type=Path, help="COCO annotation file of the images to evaluate")
     p.add_argument("--images", type=Path, help="image folder of --coco (default: imgs/ beside it)")
     p.add_argument("--ids", help="COCO image ids to evaluate (default: all)")
-    p.add_argument("--tune-ids", help="COCO image ids to choose the threshold on (training images only)")
+    p.add_argument(
+        "--tune-ids",
+        action="append",
+        help="COCO image ids to choose the threshold on (training images only); one per --tune-coco",
+    )
+    p.add_argument(
+        "--tune-coco",
+        type=Path,
+        action="append",
+        help="COCO annotation file of the next --tune-ids (repeat to pool datasets; default --coco)",
+    )
     p.add_argument("--sim-seeds", help="evaluate simulated frames of these seeds instead, e.g. 0:50")
     p.add_argument("--boxes", type=Path, help="count against box labels instead (shen2021-fecral boxes.json)")
     p.add_argument("--threshold", type=float, help="override the version's threshold")
@@ -360,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if sum(x is not None for x in (args.coco, args.sim_seeds, args.boxes)) != 1:
         p.error("give exactly one of --coco, --sim-seeds and --boxes")
-    if args.tune_ids and args.coco is None:
-        p.error("--tune-ids needs --coco")
+    tune_cocos = args.tune_coco or ([args.coco] if args.coco is not None else [])
+    if args.tune_ids and len(tune_cocos) != len(args.tune_ids):
+        p.error("give one --tune-ids per --tune-coco (or one --tune-ids with --coco)")
 
     pipeline, core = open_pipeline(args.pipeline, args.network, args.threads)
     if args.threshold is not None:
@@ -381,13 +394,19 @@ def main(argv: list[str] | None = None) -> None:
     else:
         images = simulated_truth(parse_ids(args.sim_seeds))
 
-    if args.tune_ids and coco is not None:  # --tune-ids needs --coco (checked above)
-        tune = coco_truth(coco, parse_ids(args.tune_ids))
+    if args.tune_ids:
+        tune = [
+            img
+            for path, ids in zip(tune_cocos, args.tune_ids, strict=True)
+            for img in coco_truth(
+                CocoLoops(path) if coco is None or path != args.coco else coco, parse_ids(ids)
+            )
+        ]
         threshold, sweep = choose_threshold(
             tune, PipelineRun(pipeline, core, tune, sent_nm), args.pixel_nm, GRIDS[pipeline.spec.family]
         )
         print(sweep.round(3).to_string(index=False))
-        print(f"threshold chosen on images {args.tune_ids}: {threshold}")
+        print(f"threshold chosen on images {' + '.join(args.tune_ids)}: {threshold}")
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             sweep.to_csv(args.out / "threshold_sweep.csv", index=False, float_format="%.4f")

@@ -143,3 +143,51 @@ def test_matching_by_mask_and_by_ellipse_per_image_and_pooled() -> None:
     assert per_image.matched == 0 and per_image.matched_ellipse == 1
     assert per_image.F1_ellipse == pytest.approx(0.5)
     assert overall.N_gt == 4 and overall.matched_ellipse == 2 and overall.F1_ellipse == pytest.approx(0.5)
+
+
+@needs_creme
+def test_threshold_tuned_on_images_of_two_datasets_pooled(tmp_path, capsys) -> None:
+    """``--tune-coco`` / ``--tune-ids`` pairs pool the tuning images of several datasets: the
+    chosen threshold and sweep are those of all of them together, not of the first set."""
+    other = tmp_path / "other"  # the same images under a second annotation file: a second dataset
+    shutil.copytree(CREME.parent, other)
+    version = REPOSITORY / "loops_semantic" / default_version("loops_semantic")
+    argv = ["--pipeline", str(version), "--coco", str(CREME), "--ids", "1", "--threads", "1"]
+    tuning = [
+        "--tune-coco",
+        str(CREME),
+        "--tune-ids",
+        "1",
+        "--tune-coco",
+        str(other / CREME.name),
+        "--tune-ids",
+        "2",
+    ]
+    evaluate.main([*argv, *tuning, "--out", str(tmp_path / "out")])
+    assert "threshold chosen on images 1 + 2" in capsys.readouterr().out
+    swept = pd.read_csv(tmp_path / "out" / "threshold_sweep.csv")
+
+    pipeline, core = evaluate.open_pipeline(version, threads=1)
+    images = evaluate.coco_truth(CocoLoops(CREME), [1, 2])
+    run = evaluate.PipelineRun(pipeline, core, images, None)
+    expected = evaluate.choose_threshold(images, run, evaluate.PIXEL_NM, evaluate.GRIDS["semantic"])[1]
+    assert np.allclose(swept[["F1", "N_re", "P2"]], expected[["F1", "N_re", "P2"]], atol=1e-3, equal_nan=True)
+
+
+def test_tune_ids_must_pair_with_tune_coco(capsys) -> None:
+    with pytest.raises(SystemExit):
+        evaluate.main(
+            [
+                "--pipeline",
+                ".",
+                "--coco",
+                "a.json",
+                "--tune-coco",
+                "a.json",
+                "--tune-ids",
+                "1",
+                "--tune-ids",
+                "2",
+            ]
+        )
+    assert "one --tune-ids per --tune-coco" in capsys.readouterr().err
