@@ -126,7 +126,8 @@ def loops_from_logits(
         foreground, core = logits.crop(rows, cols)
         seeds = (core >= low) & component
         inside = foreground[component]
-        if inside.min() >= high and core.min(where=seeds, initial=np.inf) >= high:
+        seeds_min = cv2.minMaxLoc(core, seeds.view(np.uint8))[0]  # 0.0 where there is none
+        if inside.min() >= high and (seeds_min >= high or not seeds.any()):
             loops += _component_loops(
                 component, seeds, outline, inside, foreground, x0, y0, width, min_area_px
             )
@@ -285,7 +286,7 @@ def _loop_row(region: np.ndarray, x0: int, y0: int, outline: np.ndarray, score: 
 def _detections(rows: list[tuple[float, ...]]) -> pd.DataFrame:
     if not rows:
         return empty_detections()
-    return pd.DataFrame(rows, columns=LOOP_COLUMNS).astype(np.float32)
+    return pd.DataFrame(np.array(rows, np.float32), columns=LOOP_COLUMNS)
 
 
 def mask_crops(labels: np.ndarray) -> list[MaskCrop]:

@@ -134,7 +134,7 @@ class Mosaic:
         """The stitched values in a window, [H, W] for one channel or [C, H, W] for all: a view of
         a tile's map where the window lies in that tile's share (most loops), so read, not write."""
         channels = slice(None) if channel is None else channel
-        blocks = list(self.blocks(rows, cols))
+        blocks = list(self.blocks(rows, cols)) if len(self.tile_maps) > 1 else [(0, rows, cols)]
         if len(blocks) == 1:
             y0, x0 = self._origin[blocks[0][0]]
             tile = self.tile_maps[blocks[0][0]]
