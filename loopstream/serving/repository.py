@@ -60,10 +60,11 @@ def default_version(repository: Path, pipeline: str) -> int:
     return max(versions_of(repository, pipeline))
 
 
-# Pipeline instances of the GPU flavour, one CPU core each: 4 microscopes x 30 frames/s x 91 ms
-# of CPU work per 2048² frame (38 ms preparation + 53 ms post-processing, bench_postprocessing.py)
-# keep 11 busy; the time an instance waits for the GPU is not in it (not measured: no GPU lent).
-GPU_PIPELINE_INSTANCES = 11
+# Pipeline instances of the GPU flavour, one CPU core each: 4 microscopes x 30 frames/s x 72 ms
+# of CPU work per 2048² frame (27 ms preparation + 44.7 ms post-processing, bench_postprocessing.py,
+# 2026-12-02 at load 2) keep 9 busy; the time an instance waits for the GPU is not in it (not
+# measured: no GPU lent).
+GPU_PIPELINE_INSTANCES = 9
 
 
 def pipeline_config(name: str, versions: list[int], flavour: str = "local") -> mc.ModelConfig:
