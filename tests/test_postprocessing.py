@@ -120,6 +120,23 @@ def test_synthetic_logits_give_the_full_frame_loops(seed, tile_px, multiple_px):
     assert len(got) > 80
 
 
+def test_loops_inside_holes_and_boxes_of_others_are_their_own():
+    """A ring loop with a loop inside its hole, and a neighbour reaching into its box: each box
+    holds pixels of other components, which must not join its loop."""
+    shape = (96, 128)
+    fg = np.full(shape, -6.0, np.float32)
+    cv2.circle(fg, (40, 48), 24, 6.0, -1)
+    cv2.circle(fg, (40, 48), 14, -6.0, -1)  # the hole
+    cv2.circle(fg, (40, 48), 5, 6.0, -1)  # a loop inside it
+    cv2.circle(fg, (72, 20), 9, 6.0, -1)  # a neighbour whose box overlaps the ring's
+    core = np.full(shape, -6.0, np.float32)
+    for x, y in ((40, 26), (40, 48), (72, 20)):
+        cv2.circle(core, (x, y), 2, 6.0, -1)
+    tiles = tile_grid(shape, 128, 16)
+    got = assert_same_loops(np.stack([fg, core])[None], tiles, shape, threshold=0.3, min_area_px=12)
+    assert len(got) == 3
+
+
 @pytest.mark.parametrize(
     ("tile_px", "multiple_px", "tile_shape"), [(128, 0, (128, 128)), (256, 16, (160, 256))]
 )

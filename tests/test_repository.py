@@ -6,15 +6,22 @@ import filecmp
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 from google.protobuf import text_format
+from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
-from loopstream.serving.pipelines import PipelineSpec
+from loopstream.client.shadow import agreement
+from loopstream.serving.core_models import OnnxModel
+from loopstream.serving.pipelines import Pipeline, PipelineSpec
 from loopstream.serving.repository import (
     GPU_PIPELINE_INSTANCES,
     add_version,
     build_flavour,
+    default_version,
+    half_precision_network,
     main,
     versions_of,
     write_configs,
@@ -68,8 +75,33 @@ def test_gpu_flavour_uses_onnxruntime_with_tensorrt_fp16_on_gpu_instances(tmp_pa
     assert configs["loops_semantic"].backend == "python"
     assert [g.count for g in configs["loops_semantic"].instance_group] == [GPU_PIPELINE_INSTANCES]
     assert not list(out.glob("loops_semantic_core/*/model.py")), "native backend: no Python glue"
+    for network in out.glob("loops_semantic_core/*/model.onnx"):  # float16 weights: half the file
+        source = REPOSITORY / network.relative_to(out)
+        assert network.stat().st_size < 0.55 * source.stat().st_size, network
     for glue in out.glob("loops_semantic/*/model.py"):
         assert not glue.is_symlink(), "a built repository must not point back into the source tree"
+
+
+def test_half_precision_unet_finds_the_loops_of_the_float32_one(tmp_path: Path) -> None:
+    """The GPU flavour's float16 U-Net against the float32 one on the real 512² tiles of the
+    bundled held-out creme images, both in ONNX Runtime on the CPU, through the shipped pipeline."""
+    version = str(default_version(REPOSITORY, "loops_semantic"))
+    full = REPOSITORY / "loops_semantic_core" / version / "model.onnx"
+    half = tmp_path / "model.onnx"
+    half_precision_network(full, half)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    graph = onnx.load(half).graph
+    io_types = [t.type.tensor_type.elem_type for t in (*graph.input, *graph.output)]
+    assert io_types == [onnx.TensorProto.FLOAT] * 2
+    pipeline = Pipeline(PipelineSpec.read(REPOSITORY / "loops_semantic" / version / "pipeline.json"))
+    runs = OnnxModel(full).run, OnnxModel(half).run
+    matched = counted = 0
+    for sample in sorted((REPOSITORY.parent / "loopstream" / "data" / "samples").glob("*.png")):
+        tile = np.asarray(Image.open(sample).convert("L"))
+        match = agreement(*(pipeline.analyse(tile, run) for run in runs))
+        matched, counted = matched + match.matched, counted + match.session_count + match.candidate_count
+    assert counted >= 30
+    assert 2 * matched / counted >= 0.99, f"{matched} matched of {counted} loops"
 
 
 def test_a_typo_in_a_config_fails_to_parse(tmp_path: Path) -> None:

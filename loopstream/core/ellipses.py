@@ -16,7 +16,9 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -74,8 +76,8 @@ def detections_from_labels(labels: np.ndarray, score_map: np.ndarray | None = No
     rows = []
     for label, (ys, xs) in _region_slices(labels):
         region = labels[ys, xs] == label
-        scores = None if score_map is None else score_map[ys, xs]
-        rows.append(_loop_row(region, xs.start, ys.start, scores))
+        score = 1.0 if score_map is None else float(score_map[ys, xs][region].mean())
+        rows.append(_loop_row(region, xs.start, ys.start, _outline(region), score))
     return _detections(rows)
 
 
@@ -91,43 +93,84 @@ def loops_from_logits(
     the stitched logits (channel 0 foreground, 1 core), row for row, at a fraction of the cost,
     and, when asked, each loop's mask within its box.
 
-    The whole frame is thresholded once, on the logits, a hair below the threshold's logit; all
-    else happens on the crops of the connected components large enough to hold a loop:
-    probabilities, the exact threshold, the seeds, and the watershed, which runs only where a
-    component holds two or more seeds (or one that cannot flood all of it).
+    The whole frame is thresholded once, on the logits, a hair below the threshold's logit, and
+    its outlines traced once; all else happens on the box of each outline that can hold a loop:
+    the component's mask, its seeds, the watershed, which runs only where a component holds two
+    or more seeds (or one that cannot flood all of it), and, in one call for the frame, the
+    sigmoid of the loops' own pixels for their scores. Only a component with a pixel within the
+    hair of the threshold's logit has its probabilities computed, to decide that pixel exactly.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold {threshold} is not a probability strictly between 0 and 1")
     margin = 1e-3  # in logit units: >> the float32 rounding of the sigmoid, for any threshold
-    cut = float(np.log(threshold / (1.0 - threshold))) - margin
-    candidates = logits.select(0, lambda tile: tile >= cut).view(np.uint8)
-    _, components, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        candidates,
-        8,
-        cv2.CV_32S,
-        cv2.CCL_GRANA,  # the fastest here; labels' order is not used
-    )
-    width = candidates.shape[1]
-    loops: list[tuple[int, np.ndarray, int, int, np.ndarray]] = []  # (order, region, x0, y0, P)
-    for k in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_area_px).tolist():
-        if k == 0:
+    centre = float(np.log(threshold / (1.0 - threshold)))
+    low, high = centre - margin, centre + margin  # below low never a loop's pixel, from high on always
+    mask = logits.select(0, lambda tile: tile >= low).view(np.uint8)
+    outlines, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    width = mask.shape[1]
+    loops: list[_Loop] = []
+    parents = [] if hierarchy is None else hierarchy[0, :, 3].tolist()
+    for outline, parent in zip(outlines, parents, strict=True):
+        # A component spans at most len / 2 + 1 px each way (its closed outline goes there and
+        # back): most specks are dropped before any array is made. Holes have a parent.
+        if parent >= 0 or (len(outline) // 2 + 1) ** 2 < min_area_px:
             continue
-        x0, y0, w, h = stats[k, :4].tolist()
+        x0, y0, w, h = cv2.boundingRect(outline)
+        if w * h < min_area_px:
+            continue
         rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)
-        foreground, core = probability(logits.crop(rows, cols))
-        candidate = components[rows, cols] == k
-        inside = candidate & (foreground >= threshold)
-        core = core >= threshold
-        whole = np.count_nonzero(inside) == stats[k, cv2.CC_STAT_AREA]  # inside is within candidate
-        parts = [(inside, slice(0, h), slice(0, w))] if whole else []
-        for part, r, c in parts or _exact_components(inside, min_area_px):
-            loops += _split(
-                part, core[r, c] & part, foreground[r, c], x0 + c.start, y0 + r.start, width, min_area_px
+        outline = outline - np.array([x0, y0], np.int32)  # box px, as a box's own contour
+        component = _component_at(mask[rows, cols], *outline[0, 0].tolist())
+        if np.count_nonzero(component) < min_area_px:
+            continue
+        foreground, core = logits.crop(rows, cols)
+        seeds = (core >= low) & component
+        inside = foreground[component]
+        seeds_min = cv2.minMaxLoc(core, seeds.view(np.uint8))[0]  # 0.0 where there is none
+        if inside.min() >= high and (seeds_min >= high or not seeds.any()):
+            loops += _component_loops(
+                component, seeds, outline, inside, foreground, x0, y0, width, min_area_px
             )
-    loops.sort(key=lambda loop: loop[0])
-    rows_out = [_loop_row(region, x0, y0, score) for _, region, x0, y0, score in loops]
-    masks = [MaskCrop(x0, y0, region) for _, region, x0, y0, _ in loops] if with_masks else []
+            continue
+        certain = probability(foreground) >= threshold, probability(core) >= threshold
+        for part, r, c in _exact_components(component & certain[0], min_area_px):
+            loops += _component_loops(
+                part,
+                certain[1][r, c] & part,
+                _outline(part),
+                foreground[r, c][part],
+                foreground[r, c],
+                x0 + c.start,
+                y0 + r.start,
+                width,
+                min_area_px,
+            )
+    if not loops:
+        return empty_detections(), []
+    loops.sort(key=lambda loop: loop.order)
+    scores = _mean_probabilities([loop.logits for loop in loops])
+    rows_out = [
+        _loop_row(loop.region, loop.x0, loop.y0, loop.outline, score)
+        for loop, score in zip(loops, scores, strict=True)
+    ]
+    masks = [MaskCrop(loop.x0, loop.y0, loop.region) for loop in loops] if with_masks else []
     return _detections(rows_out), masks
+
+
+class _Loop(NamedTuple):
+    order: int  # the row ``labels_from_probability`` gives it: see ``_watershed``
+    region: np.ndarray  # bool mask within its box
+    x0: int  # frame px of the box
+    y0: int
+    outline: np.ndarray  # outer contour, box px
+    logits: np.ndarray  # foreground logits of its pixels, in raster order
+
+
+def _component_at(crop: np.ndarray, x: int, y: int) -> np.ndarray:
+    """Mask of the 8-connected component of ``crop`` (uint8 0/1) holding pixel (x, y): a box can
+    hold pieces of other components (a neighbour's corner, a speck inside a ring)."""
+    n, labels = cv2.connectedComponents(crop, connectivity=8, ltype=cv2.CV_32S)
+    return crop.astype(bool) if n == 2 else labels == labels[y, x]
 
 
 def _exact_components(inside: np.ndarray, min_area_px: int) -> Iterator[tuple[np.ndarray, slice, slice]]:
@@ -141,44 +184,59 @@ def _exact_components(inside: np.ndarray, min_area_px: int) -> Iterator[tuple[np
             yield labels[r, c] == k, r, c
 
 
-def _split(
+def _component_loops(
     component: np.ndarray,
     seeds: np.ndarray,
+    outline: np.ndarray,
+    inside: np.ndarray,
     foreground: np.ndarray,
     x0: int,
     y0: int,
     width: int,
     min_area_px: int,
-) -> list[tuple[int, np.ndarray, int, int, np.ndarray]]:
-    """The loops of one connected component (its tight crop at frame px x0, y0), each with the
-    order ``labels_from_probability`` gives it: seeded loops by their seed's first pixel in
-    raster order, then unseeded components by theirs."""
+) -> list[_Loop]:
+    """The loops of one connected component (its tight box at frame px x0, y0, its outline,
+    the foreground logits of its pixels and of its box), each with the order
+    ``labels_from_probability`` gives it: seeded loops by their seed's first pixel in raster
+    order, then unseeded components by theirs."""
     n_seeds, seed_labels = cv2.connectedComponents(seeds.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    crop_width = component.shape[1]
+    box_width = component.shape[1]
     if n_seeds == 1:  # no seed: the whole component is one loop
-        return [
-            (
-                _UNSEEDED + _raster(int(np.argmax(component)), crop_width, x0, y0, width),
-                component,
-                x0,
-                y0,
-                foreground,
-            )
-        ]
+        order = _UNSEEDED + _raster(int(np.argmax(component)), box_width, x0, y0, width)
+        return [_Loop(order, component, x0, y0, outline, inside)]
     if n_seeds == 2 and cv2.connectedComponents(component.view(np.uint8), connectivity=4)[0] == 2:
-        order = _raster(int(np.argmax(seeds)), crop_width, x0, y0, width)
-        return [(order, component, x0, y0, foreground)]  # one seed floods its whole component
+        order = _raster(int(np.argmax(seeds)), box_width, x0, y0, width)  # its one seed floods it
+        return [_Loop(order, component, x0, y0, outline, inside)]
+    return _watershed(component, seed_labels, foreground, x0, y0, width, min_area_px)
+
+
+def _watershed(
+    component: np.ndarray,
+    seed_labels: np.ndarray,
+    foreground: np.ndarray,
+    x0: int,
+    y0: int,
+    width: int,
+    min_area_px: int,
+) -> list[_Loop]:
+    """The loops of a component (its tight box at frame px x0, y0, its foreground logits) that
+    its seeds split, each with the order ``labels_from_probability`` gives it: seeded loops by
+    their seed's first pixel in raster order (unseeded components follow, by theirs)."""
+    crop_width = component.shape[1]
     pixels = np.flatnonzero(seed_labels)
     ids, first = np.unique(seed_labels.ravel()[pixels], return_index=True)
     seed_order = {
         int(i): _raster(int(pixels[f]), crop_width, x0, y0, width) for i, f in zip(ids, first, strict=True)
     }
-    basins = watershed(-foreground, seed_labels, mask=component)
+    basins = watershed(-probability(foreground), seed_labels, mask=component)
     loops = []
     for label, (r, c) in _region_slices(basins):
         region = basins[r, c] == label
-        if region.sum() >= min_area_px:
-            loops.append((seed_order[label], region, x0 + c.start, y0 + r.start, foreground[r, c]))
+        if np.count_nonzero(region) >= min_area_px:
+            loop_logits = foreground[r, c][region]
+            loops.append(
+                _Loop(seed_order[label], region, x0 + c.start, y0 + r.start, _outline(region), loop_logits)
+            )
     return loops
 
 
@@ -191,11 +249,24 @@ def _raster(index: int, crop_width: int, x0: int, y0: int, width: int) -> int:
     return (y0 + r) * width + x0 + c
 
 
-def _loop_row(region: np.ndarray, x0: int, y0: int, scores: np.ndarray | None) -> tuple[float, ...]:
-    """One detection: ``region`` is the loop's bool mask within its bounding box at (x0, y0)."""
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    x, y, major, minor, angle = ellipse_of_contour(max(contours, key=len))
-    score = 1.0 if scores is None else float(scores[region].mean())
+def _mean_probabilities(logits: list[np.ndarray]) -> list[float]:
+    """The mean ``probability`` of each array, one sigmoid for them all: each mean is numpy's
+    float32 mean of the loop's own values, as ``detections_from_labels`` takes it."""
+    p = probability(np.concatenate(logits))
+    ends = np.cumsum([len(values) for values in logits[:-1]])
+    return [float(part.mean()) for part in np.split(p, ends)]
+
+
+def _outline(region: np.ndarray) -> np.ndarray:
+    """The largest outer contour of a bool mask (the loop's outline)."""
+    contours, _ = cv2.findContours(region.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return max(contours, key=len)
+
+
+def _loop_row(region: np.ndarray, x0: int, y0: int, outline: np.ndarray, score: float) -> tuple[float, ...]:
+    """One detection: ``region`` is the loop's bool mask within its bounding box at (x0, y0),
+    ``outline`` its outer contour in box px."""
+    x, y, major, minor, angle = ellipse_of_contour(outline)
     h, w = region.shape
     return (
         score,
@@ -215,7 +286,7 @@ def _loop_row(region: np.ndarray, x0: int, y0: int, scores: np.ndarray | None) -
 def _detections(rows: list[tuple[float, ...]]) -> pd.DataFrame:
     if not rows:
         return empty_detections()
-    return pd.DataFrame(rows, columns=LOOP_COLUMNS).astype(np.float32)
+    return pd.DataFrame(np.array(rows, np.float32), columns=LOOP_COLUMNS)
 
 
 def mask_crops(labels: np.ndarray) -> list[MaskCrop]:
@@ -226,7 +297,8 @@ def mask_crops(labels: np.ndarray) -> list[MaskCrop]:
 
 
 def ellipse_of_contour(contour: np.ndarray) -> tuple[float, float, float, float, float]:
-    """(x, y, major, minor, angle_deg) of a contour; full axes, angle of the major axis from +x.
+    """(x, y, major, minor, angle_deg) of a contour (int32 points, as ``cv2.findContours`` gives
+    them); full axes, angle of the major axis from +x.
 
     The ellipse is ``cv2.fitEllipse``'s. A contour it cannot fit (``ellipse_fit_is_degenerate``:
     fewer than 5 points, collinear, a non-finite or absurdly long fit) is measured by its
@@ -255,25 +327,33 @@ def ellipse_fit_is_degenerate(contour: np.ndarray) -> bool:
 def _honest_fit(contour: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float] | None:
     """``cv2.fitEllipse`` of the contour, or None where it is degenerate (see
     ``ellipse_fit_is_degenerate``): fitted once, the fit is both checked and used."""
-    points = contour.reshape(-1, 2).astype(np.float64)
+    points = contour.reshape(-1, 2)
     if len(points) < 5:
         return None
-    centred = points - points.sum(axis=0) / len(points)  # what points.mean(axis=0) computes
-    if not _clearly_two_dimensional(centred) and np.linalg.matrix_rank(centred, tol=1e-6) < 2:
+    if not _clearly_two_dimensional(points) and np.linalg.matrix_rank(_centred(points), tol=1e-6) < 2:
         return None
-    (cx, cy), (w, h), angle = cv2.fitEllipse(contour.reshape(-1, 1, 2).astype(np.float32))
-    extent = float(np.hypot(*(points.max(axis=0) - points.min(axis=0)))) + 1.0
-    if not (np.isfinite(w) and np.isfinite(h)) or max(w, h) > 2.0 * extent:
+    (cx, cy), (w, h), angle = cv2.fitEllipse(points)  # OpenCV makes each int point float32
+    _, _, box_w, box_h = cv2.boundingRect(points)
+    extent = float(np.hypot(box_w - 1.0, box_h - 1.0)) + 1.0  # the points' longest extent + 1
+    if not (math.isfinite(w) and math.isfinite(h)) or max(w, h) > 2.0 * extent:
         return None
     return (cx, cy), (w, h), angle
 
 
-def _clearly_two_dimensional(centred: np.ndarray) -> bool:
+def _centred(points: np.ndarray) -> np.ndarray:
+    """The points, float64, less their mean (as ``points.mean(axis=0)`` computes it)."""
+    points = points.astype(np.float64)
+    return points - points.sum(axis=0) / len(points)
+
+
+def _clearly_two_dimensional(points: np.ndarray) -> bool:
     """True when the smaller singular value of the centred points is far above ``matrix_rank``'s
-    tolerance (1e-6): its square, the 2 x 2 scatter matrix's smaller eigenvalue, exceeds 1 while
-    rounding moves it by ~1e-16 of the trace. Nearly every loop contour passes, so the SVD runs
-    only for thin ones; the decision is the SVD's."""
-    (sxx, sxy), (_, syy) = (centred.T @ centred).tolist()
+    tolerance (1e-6): its square, the smaller eigenvalue of their 2 x 2 scatter matrix (OpenCV's,
+    float64), exceeds 1 while rounding moves it by ~1e-16 of the trace. Nearly every loop contour
+    passes, so the SVD runs only for thin ones; the decision is the SVD's."""
+    flags = cv2.COVAR_NORMAL | cv2.COVAR_ROWS  # the unscaled scatter, about the points' mean
+    scatter, _ = cv2.calcCovarMatrix(points.astype(np.float32), np.empty(0), flags)
+    (sxx, sxy), (_, syy) = scatter.tolist()
     trace, det = sxx + syy, sxx * syy - sxy * sxy
     return trace > 0 and 2.0 * det / (trace + np.sqrt(max(trace * trace - 4.0 * det, 0.0))) > 1.0
 

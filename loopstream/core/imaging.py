@@ -92,7 +92,8 @@ def cut_tiles(image: np.ndarray, tiles: list[Tile]) -> np.ndarray:
 
 
 def stitch(tile_maps: Sequence[np.ndarray], tiles: list[Tile], shape: tuple[int, int]) -> np.ndarray:
-    """Full-frame map [C, H, W] from per-tile maps [N, C, height, width] (see ``Mosaic``)."""
+    """Full-frame map [C, H, W] from per-tile maps [N, C, height, width] (see ``Mosaic``; the one
+    tile's own map, not a copy, where one tile covers the frame)."""
     h, w = shape
     return Mosaic(tile_maps, tiles, shape).crop(slice(0, h), slice(0, w))
 
@@ -130,13 +131,14 @@ class Mosaic:
                 yield int(self._tile_at[iy, ix]), slice(r0, r1), slice(c0, c1)
 
     def crop(self, rows: slice, cols: slice, channel: int | None = None) -> np.ndarray:
-        """The stitched values in a window, [H, W] for one channel or [C, H, W] for all."""
+        """The stitched values in a window, [H, W] for one channel or [C, H, W] for all: a view of
+        a tile's map where the window lies in that tile's share (most loops), so read, not write."""
         channels = slice(None) if channel is None else channel
-        blocks = list(self.blocks(rows, cols))
-        if len(blocks) == 1:  # the window lies in one tile's share: most loops
+        blocks = list(self.blocks(rows, cols)) if len(self.tile_maps) > 1 else [(0, rows, cols)]
+        if len(blocks) == 1:
             y0, x0 = self._origin[blocks[0][0]]
             tile = self.tile_maps[blocks[0][0]]
-            return tile[channels, rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0].copy()
+            return tile[channels, rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0]
         shape: tuple[int, ...] = (rows.stop - rows.start, cols.stop - cols.start)
         first = self.tile_maps[0]
         if channel is None:

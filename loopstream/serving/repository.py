@@ -10,7 +10,9 @@ config). The flavour decides how they are served:
   symlinks into ``loopstream/serving/backends`` so every version runs the same code.
 - ``gpu``: the NGC tritonserver image; an ONNX network on the native ``onnxruntime`` backend with
   the TensorRT accelerator in FP16, a TorchScript one on ``pytorch_libtorch``; GPU instances and
-  pinned memory; the pipeline stays in Python.
+  pinned memory; the pipeline stays in Python. Semantic ONNX networks ship float16 weights
+  (``half_precision_network``: half the file, float32 inputs and outputs); building this flavour
+  needs ``onnx`` (the ``models`` extra).
 
 Every ``config.pbtxt`` is built as a ``model_config_pb2.ModelConfig`` message, so it is valid
 protobuf text by construction; tests parse it back.
@@ -58,10 +60,11 @@ def default_version(repository: Path, pipeline: str) -> int:
     return max(versions_of(repository, pipeline))
 
 
-# Pipeline instances of the GPU flavour, one CPU core each: 4 microscopes x 30 frames/s x 91 ms
-# of CPU work per 2048² frame (38 ms preparation + 53 ms post-processing, bench_postprocessing.py)
-# keep 11 busy; the time an instance waits for the GPU is not in it (not measured: no GPU lent).
-GPU_PIPELINE_INSTANCES = 11
+# Pipeline instances of the GPU flavour, one CPU core each: 4 microscopes x 30 frames/s x 72 ms
+# of CPU work per 2048² frame (27 ms preparation + 44.7 ms post-processing, bench_postprocessing.py,
+# 2026-12-02 at load 2) keep 9 busy; the time an instance waits for the GPU is not in it (not
+# measured: no GPU lent).
+GPU_PIPELINE_INSTANCES = 9
 
 
 def pipeline_config(name: str, versions: list[int], flavour: str = "local") -> mc.ModelConfig:
@@ -220,17 +223,33 @@ def build_flavour(source: Path, out: Path, flavour: str) -> Path:
         shutil.rmtree(out)
     for pipeline in pipelines_in(source):
         for version in versions_of(source, pipeline):
-            network = CORE_FILES[_spec(source, pipeline, version).core_format]
+            spec = _spec(source, pipeline, version)
+            network = CORE_FILES[spec.core_format]
+            half = flavour == "gpu" and spec.family == "semantic" and spec.core_format == "onnx"
             for name, file in ((pipeline, "pipeline.json"), (f"{pipeline}_core", network)):
                 target = out / name / str(version) / file
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source / name / str(version) / file, target)
+                if half and file == network:
+                    half_precision_network(source / name / str(version) / file, target)
+                else:
+                    shutil.copyfile(source / name / str(version) / file, target)
     write_configs(out, flavour)
     for link in out.rglob("model.py"):
         real = link.resolve()
         link.unlink()
         shutil.copyfile(real, link)
     return out
+
+
+def half_precision_network(source: Path, target: Path) -> None:
+    """The ONNX graph at ``source`` with float16 weights and arithmetic but float32 inputs and
+    outputs, written to ``target`` (ONNX Runtime's converter): half the file and of the weights'
+    GPU memory, with the tensors the pipeline exchanges unchanged. TensorRT's FP16 mode already
+    computes in half precision; this only stops shipping (and casting) float32 weights."""
+    import onnx  # the models extra: only a GPU-flavour build needs it
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(source), keep_io_types=True), target)
 
 
 def _spec(repository: Path, pipeline: str, version: int) -> PipelineSpec:
