@@ -12,10 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
+from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.server import ServerConfig, serve
+from loopstream.tracker.store import Store
+from loopstream.tracker.validation import FrameInput
 from loopstream.v1 import tracker_pb2 as pb
 
 N_FRAMES = 520
@@ -87,6 +91,60 @@ def test_drift_within_0_3_px_at_every_frame(run):
     assert error.max() <= 0.3, f"worst drift error {error.max():.3f} px at frame {error.argmax()}"
     assert stats.summary.drift_rate_x_px_per_frame == pytest.approx(0.5, abs=0.01)
     assert stats.summary.drift_rate_y_px_per_frame == pytest.approx(-0.3, abs=0.01)
+
+
+def _drift_errors_in_sigmas(frames, mic: SimulatedMicroscope) -> tuple[np.ndarray, np.ndarray]:
+    """|estimate - truth| / sigma per frame after the first (columns x, y), and the sigmas (px)."""
+    later = frames[1:]  # frame 0 is the origin: drift and sigma 0 by definition
+    truth = np.array([mic.stage_offset(int(f.frame_index)) for f in later])
+    estimate = np.array([(f.drift_x_px, f.drift_y_px) for f in later])
+    sigma = np.array([(f.drift_sigma_x_px, f.drift_sigma_y_px) for f in later])
+    return np.abs(estimate - truth) / sigma, sigma
+
+
+def test_drift_uncertainty_is_honest(run):
+    """The true drift lies within 3 sigma at nearly every frame, and the sigma is not vacuous."""
+    mic, _, stats, _ = run
+    first = stats.frames[0]
+    assert (first.drift_sigma_x_px, first.drift_sigma_y_px, first.drift_matched_count) == (0, 0, 0)
+    z, sigma = _drift_errors_in_sigmas(stats.frames, mic)
+    within = (z <= 3).mean(axis=0)
+    message = f"within 3 sigma: {within}, median sigma {np.median(sigma, axis=0)} px, max z {z.max(axis=0)}"
+    print(message)
+    assert (within >= 0.99).all(), message
+    assert np.median(sigma) <= 0.2, message  # well under the 0.3 px the drift must meet
+    assert np.median([f.drift_matched_count for f in stats.frames]) >= 40
+
+
+def test_drift_uncertainty_shrinks_with_more_matched_loops(run, tmp_path):
+    """A quarter of the same loops (in-process engine, 200 frames): fewer matched, a larger sigma,
+    still honest."""
+    mic, sent, stats, _ = run
+    frames = 200
+    with Store(tmp_path / "sparse.db") as store:
+        engine = TrackerEngine(store)
+        sid = engine.open_session(
+            {
+                "pixel_size_nm": CONFIG.pixel_size_nm,
+                "frame_rate_hz": CONFIG.frame_rate_hz,
+                "search_range_nm": 4.0,
+            }
+        )["session_id"]
+        for i in range(frames):
+            loops = sent[(sent.frame_index == i) & (sent.loop_id % 4 == 0)]
+            frame = FrameInput(sid, i, i / CONFIG.frame_rate_hz, "m", "1", 1024, 1024, loops[LOOP_COLUMNS])
+            assert engine.ingest(frame).accepted
+        sparse = engine.frames(sid)
+    z, sigma = _drift_errors_in_sigmas(list(sparse.itertuples()), mic)
+    _, dense_sigma = _drift_errors_in_sigmas(stats.frames[:frames], mic)
+    message = (
+        f"median sigma {np.median(sigma):.3f} px sparse, {np.median(dense_sigma):.3f} px dense; sparse "
+        f"within 3 sigma {(z <= 3).mean(axis=0)}, matched {sparse.drift_matched_count.median()}"
+    )
+    print(message)
+    assert sparse.drift_matched_count.median() <= 20
+    assert np.median(sigma) >= 1.5 * np.median(dense_sigma), message
+    assert ((z <= 3).mean(axis=0) >= 0.99).all(), message
 
 
 def _points_with_truth(run) -> pd.DataFrame:

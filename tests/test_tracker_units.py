@@ -14,8 +14,10 @@ from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.store import (
     AB_FRAME_COLUMNS,
+    DRIFT_SIGMA_COLUMNS,
     FRAME_COLUMNS,
     HOME_COLUMNS,
+    HOME_VARIANCE_COLUMNS,
     MIGRATIONS,
     NEXT_TRACK_COLUMN,
     SCHEMA_VERSION,
@@ -108,7 +110,7 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         session = store.session("s1")
         assert session["dpa_per_ion_cm2"] == 0.0  # migration 4: no dpa axis for old sessions
         assert (session["model_version"], session["shadow_model_version"], session["shadow_fraction"]) == (
@@ -118,6 +120,8 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
         )
         frames = stored_ab_frames(path, "s1")
         assert frames.frame_index.tolist() == [0] and frames[AB_FRAME_COLUMNS].isna().all(axis=None)
+        old = store.frames("s1")  # migration 6: drift uncertainty unknown, no matched loops known
+        assert old[DRIFT_SIGMA_COLUMNS[:-1]].isna().all(axis=None) and old.drift_matched_count.tolist() == [0]
 
 
 def _ingest(engine: TrackerEngine, session_id: str, mic: SimulatedMicroscope, indices: range) -> None:
@@ -135,7 +139,7 @@ def _as_schema_2(source, target) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (2)")
     db.execute("ATTACH ? AS new", (str(source),))
-    v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS]
+    v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS + HOME_VARIANCE_COLUMNS]
     for table, columns in [
         ("sessions", ["sid", *(c for c in SESSION_COLUMNS if c != "dpa_per_ion_cm2")]),  # migration 4
         ("frames", ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS]),

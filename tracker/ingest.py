@@ -183,7 +183,7 @@ class FrameIngest:
         pred_x, pred_y = live.drift.predict()
         known_below = live.linker.next_track_id
         track_ids = live.linker.link(np.column_stack([x - pred_x, y - pred_y]), ordinal)
-        dx, dy = live.drift.update(track_ids, x, y, ordinal)
+        drift = live.drift.update(track_ids, x, y, ordinal)
         n = len(values)
         detections = np.column_stack(
             [
@@ -191,8 +191,8 @@ class FrameIngest:
                 np.arange(n),
                 track_ids,
                 values,
-                x - dx,
-                y - dy,
+                x - drift.x_px,
+                y - drift.y_px,
                 live.drift.homes_of(track_ids),
             ]
         )
@@ -210,7 +210,7 @@ class FrameIngest:
             "received_unix_s": time.time(),
             "latency_s": frame.latency_s or None,  # 0 = not measured
             **_shadow_columns(frame.shadow),
-            **statistics.frame_drift(dx, dy, pixel_nm),
+            **statistics.frame_drift(drift, pixel_nm),
             **statistics.frame_statistics(
                 values[:, _MAJOR],
                 values[:, _MINOR],

@@ -187,7 +187,7 @@ class Ack(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class FrameStatistics(_message.Message):
-    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count", "dose_dpa")
+    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count", "dose_dpa", "drift_sigma_x_px", "drift_sigma_y_px", "drift_sigma_x_nm", "drift_sigma_y_nm", "drift_matched_count")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     FLUENCE_IONS_CM2_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,11 @@ class FrameStatistics(_message.Message):
     DRIFT_Y_NM_FIELD_NUMBER: _ClassVar[int]
     LINKED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DOSE_DPA_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_X_PX_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_Y_PX_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_X_NM_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_Y_NM_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_MATCHED_COUNT_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     timestamp_s: float
     fluence_ions_cm2: float
@@ -216,7 +221,12 @@ class FrameStatistics(_message.Message):
     drift_y_nm: float
     linked_count: int
     dose_dpa: float
-    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ..., dose_dpa: _Optional[float] = ...) -> None: ...
+    drift_sigma_x_px: float
+    drift_sigma_y_px: float
+    drift_sigma_x_nm: float
+    drift_sigma_y_nm: float
+    drift_matched_count: int
+    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ..., dose_dpa: _Optional[float] = ..., drift_sigma_x_px: _Optional[float] = ..., drift_sigma_y_px: _Optional[float] = ..., drift_sigma_x_nm: _Optional[float] = ..., drift_sigma_y_nm: _Optional[float] = ..., drift_matched_count: _Optional[int] = ...) -> None: ...
 
 class StatisticsRequest(_message.Message):
     __slots__ = ("session_id", "from_frame", "to_frame")
