@@ -182,7 +182,9 @@ class FrameIngest:
         x, y = values[:, _X], values[:, _Y]
         pred_x, pred_y = live.drift.predict()
         known_below = live.linker.next_track_id
-        track_ids = live.linker.link(np.column_stack([x - pred_x, y - pred_y]), ordinal)
+        track_ids = live.linker.link(
+            live.linker.coordinates(x - pred_x, y - pred_y, values[:, _MAJOR]), ordinal
+        )
         drift = live.drift.update(track_ids, x, y, ordinal)
         n = len(values)
         detections = np.column_stack(
@@ -236,7 +238,9 @@ class FrameIngest:
         if spec is None:
             raise SessionNotFound(session_id)
         memory = int(spec["memory_frames"])
-        linker = SessionLinker(spec["search_range_nm"] / spec["pixel_size_nm"], memory)
+        linker = SessionLinker(
+            spec["search_range_nm"] / spec["pixel_size_nm"], memory, size_weight=spec["size_weight"]
+        )
         drift = DriftEstimator(memory)
         progress = self.store.progress(session_id)
         live = _Live(spec, linker, drift, progress.frames_stored, progress.last_frame_index)

@@ -44,6 +44,7 @@ def _session_message(s: dict) -> pb.Session:
         model_family=pb.ModelFamily.ValueType(s["model_family"]),
         search_range_nm=s["search_range_nm"],
         memory_frames=int(s["memory_frames"]),
+        size_weight=s["size_weight"],
     )
     return pb.Session(
         session_id=s["session_id"],

@@ -108,6 +108,7 @@ SESSION_COLUMNS = [
     "shadow_model_version",  # migration 2: the candidate the session shadows, "" = none
     "shadow_fraction",
     "dpa_per_ion_cm2",  # migration 5: dose in dpa per unit fluence (from SRIM), 0 = unknown
+    "size_weight",  # migration 6: loop size as a linking coordinate (linking.py), 0 = off
 ]
 
 
@@ -248,7 +249,9 @@ def _migration_5(db: sqlite3.Connection) -> None:
 
 def _migration_6(db: sqlite3.Connection) -> None:
     """Drift with its uncertainty: per frame its sigma and matched loops, per detection its home's
-    inherited variance (NULL for what was stored before: unknown)."""
+    inherited variance (NULL for what was stored before: unknown); per session the size weight of
+    linking (0 = off, as every session linked before)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN size_weight REAL NOT NULL DEFAULT 0")
     for column in DRIFT_SIGMA_COLUMNS:
         db.execute(f"ALTER TABLE frames ADD COLUMN {column} {_sql_type(column)}")
     for column in HOME_VARIANCE_COLUMNS:
