@@ -8,6 +8,9 @@ centre jitter, touching loops merged now and then). Targets are issue 15's.
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +20,7 @@ from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
 from loopstream.tracker.engine import TrackerEngine
+from loopstream.tracker.export import export_session
 from loopstream.tracker.server import ServerConfig, serve
 from loopstream.tracker.store import Store
 from loopstream.tracker.validation import FrameInput
@@ -34,10 +38,16 @@ CONFIG = SimulationConfig(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def science_db(tmp_path_factory):
+    """The store of ``run``'s tracker, readable once ``run`` has stopped it."""
+    return tmp_path_factory.mktemp("science") / "t.db"
+
+
+@pytest.fixture(scope="module")
+def run(science_db):
     """One session streamed through a tracker: (microscope, sent detections, statistics, tracks)."""
     mic = SimulatedMicroscope(CONFIG, seed=3)
-    running = serve(ServerConfig(db=tmp_path_factory.mktemp("science") / "t.db", port=0, metrics_port=-1))
+    running = serve(ServerConfig(db=science_db, port=0, metrics_port=-1))
     client = TrackerClient(f"127.0.0.1:{running.port}")
     try:
         spec = pb.SessionSpec(
@@ -145,6 +155,42 @@ def test_drift_uncertainty_shrinks_with_more_matched_loops(run, tmp_path):
     assert sparse.drift_matched_count.median() <= 20
     assert np.median(sigma) >= 1.5 * np.median(dense_sigma), message
     assert ((z <= 3).mean(axis=0) >= 0.99).all(), message
+
+
+def _tracks_per_loop_and_purity(detections: pd.DataFrame, track: str) -> tuple[float, float]:
+    """Tracks per true loop and purity of the ``track`` column of detections that carry ``loop_id``."""
+    linked = detections[detections.groupby(track)[track].transform("size") >= 2]
+    dominant = linked.groupby(track).loop_id.agg(lambda ids: ids.value_counts().iloc[0])
+    real = detections[detections.loop_id >= 0]
+    return real.groupby("loop_id")[track].nunique().mean(), dominant.sum() / len(linked)
+
+
+def test_export_joins_track_fragments_without_rewriting_the_store(run, science_db):
+    """The noisy session, exported from its stopped tracker's store with fragments joined offline."""
+    _, sent, _, _ = run
+    with Store(science_db) as store:
+        engine = TrackerEngine(store)
+        (session,) = engine.sessions(include_closed=True)
+        sid = session["session_id"]
+        stored_tracks = engine.tracks(sid)
+        files = {}
+        for chunk in export_session(engine, sid, join_fragments=True):
+            files[chunk.name] = files.get(chunk.name, b"") + chunk.data
+        assert engine.tracks(sid).equals(stored_tracks)  # the store is not rewritten
+    detections = pd.read_csv(io.BytesIO(files["detections.csv"]))
+    detections["loop_id"] = sent.loop_id.to_numpy()  # stored in the order sent
+    joins = json.loads(files["session.json"])["fragment_joins"]
+    exported_tracks = pd.read_csv(io.BytesIO(files["tracks.csv"]))
+    stored_per_loop, stored_purity = _tracks_per_loop_and_purity(detections, "track_id")
+    joined_per_loop, joined_purity = _tracks_per_loop_and_purity(detections, "joined_track_id")
+    message = (
+        f"{joins} joins: tracks per true loop {stored_per_loop:.3f} -> {joined_per_loop:.3f}, "
+        f"purity {stored_purity:.4f} -> {joined_purity:.4f}"
+    )
+    print(message)
+    assert joins > 0 and len(exported_tracks) == len(stored_tracks) - joins, message
+    assert set(exported_tracks.track_id) == set(detections.joined_track_id)
+    assert joined_per_loop < stored_per_loop and joined_purity >= 0.95, message
 
 
 def _points_with_truth(run) -> pd.DataFrame:

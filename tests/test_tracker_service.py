@@ -221,6 +221,10 @@ def test_tracks_export_watch_and_metrics(tracker, client, tmp_path):
     ]
     for name in (f"{p}.png" for p in pngs):
         assert files[name].startswith(b"\x89PNG")
+    assert "fragment_joins" not in meta and "joined_track_id" not in detections
+    joined = {p.name: p.read_bytes() for p in client.export(sid, tmp_path / "joined", join_fragments=True)}
+    assert json.loads(joined["session.json"])["fragment_joins"] == 0  # no track broke in 15 frames
+    assert (pd.read_csv(io.BytesIO(joined["detections.csv"])).joined_track_id == detections.track_id).all()
 
     client.CloseSession(pb.SessionRef(session_id=sid))
     watcher.join(10)

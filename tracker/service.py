@@ -359,5 +359,5 @@ class TrackerService(pb_grpc.TrackerServicer):
     def ExportSession(
         self, request: pb.ExportRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportChunk]:
-        for chunk in export.export_session(self.engine, request.session_id):
+        for chunk in export.export_session(self.engine, request.session_id, request.join_fragments):
             yield pb.ExportChunk(session_id=request.session_id, **dataclasses.asdict(chunk))

@@ -355,10 +355,12 @@ class TracksReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "join_fragments")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FRAGMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    join_fragments: bool
+    def __init__(self, session_id: _Optional[str] = ..., join_fragments: _Optional[bool] = ...) -> None: ...
 
 class ArmStatisticsRequest(_message.Message):
     __slots__ = ("pipeline", "since_unix_s")
