@@ -8,14 +8,22 @@ centre jitter, touching loops merged now and then). Targets are issue 15's.
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
+from loopstream.tracker.engine import TrackerEngine
+from loopstream.tracker.export import export_session
 from loopstream.tracker.server import ServerConfig, serve
+from loopstream.tracker.store import Store
+from loopstream.tracker.validation import FrameInput
 from loopstream.v1 import tracker_pb2 as pb
 
 N_FRAMES = 520
@@ -30,10 +38,16 @@ CONFIG = SimulationConfig(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def science_db(tmp_path_factory):
+    """The store of ``run``'s tracker, readable once ``run`` has stopped it."""
+    return tmp_path_factory.mktemp("science") / "t.db"
+
+
+@pytest.fixture(scope="module")
+def run(science_db):
     """One session streamed through a tracker: (microscope, sent detections, statistics, tracks)."""
     mic = SimulatedMicroscope(CONFIG, seed=3)
-    running = serve(ServerConfig(db=tmp_path_factory.mktemp("science") / "t.db", port=0, metrics_port=-1))
+    running = serve(ServerConfig(db=science_db, port=0, metrics_port=-1))
     client = TrackerClient(f"127.0.0.1:{running.port}")
     try:
         spec = pb.SessionSpec(
@@ -87,6 +101,96 @@ def test_drift_within_0_3_px_at_every_frame(run):
     assert error.max() <= 0.3, f"worst drift error {error.max():.3f} px at frame {error.argmax()}"
     assert stats.summary.drift_rate_x_px_per_frame == pytest.approx(0.5, abs=0.01)
     assert stats.summary.drift_rate_y_px_per_frame == pytest.approx(-0.3, abs=0.01)
+
+
+def _drift_errors_in_sigmas(frames, mic: SimulatedMicroscope) -> tuple[np.ndarray, np.ndarray]:
+    """|estimate - truth| / sigma per frame after the first (columns x, y), and the sigmas (px)."""
+    later = frames[1:]  # frame 0 is the origin: drift and sigma 0 by definition
+    truth = np.array([mic.stage_offset(int(f.frame_index)) for f in later])
+    estimate = np.array([(f.drift_x_px, f.drift_y_px) for f in later])
+    sigma = np.array([(f.drift_sigma_x_px, f.drift_sigma_y_px) for f in later])
+    return np.abs(estimate - truth) / sigma, sigma
+
+
+def test_drift_uncertainty_is_honest(run):
+    """The true drift lies within 3 sigma at nearly every frame, and the sigma is not vacuous."""
+    mic, _, stats, _ = run
+    first = stats.frames[0]
+    assert (first.drift_sigma_x_px, first.drift_sigma_y_px, first.drift_matched_count) == (0, 0, 0)
+    z, sigma = _drift_errors_in_sigmas(stats.frames, mic)
+    within = (z <= 3).mean(axis=0)
+    message = f"within 3 sigma: {within}, median sigma {np.median(sigma, axis=0)} px, max z {z.max(axis=0)}"
+    print(message)
+    assert (within >= 0.99).all(), message
+    assert np.median(sigma) <= 0.2, message  # well under the 0.3 px the drift must meet
+    assert np.median([f.drift_matched_count for f in stats.frames]) >= 40
+
+
+def test_drift_uncertainty_shrinks_with_more_matched_loops(run, tmp_path):
+    """A quarter of the same loops (in-process engine, 200 frames): fewer matched, a larger sigma,
+    still honest."""
+    mic, sent, stats, _ = run
+    frames = 200
+    with Store(tmp_path / "sparse.db") as store:
+        engine = TrackerEngine(store)
+        sid = engine.open_session(
+            {
+                "pixel_size_nm": CONFIG.pixel_size_nm,
+                "frame_rate_hz": CONFIG.frame_rate_hz,
+                "search_range_nm": 4.0,
+            }
+        )["session_id"]
+        for i in range(frames):
+            loops = sent[(sent.frame_index == i) & (sent.loop_id % 4 == 0)]
+            frame = FrameInput(sid, i, i / CONFIG.frame_rate_hz, "m", "1", 1024, 1024, loops[LOOP_COLUMNS])
+            assert engine.ingest(frame).accepted
+        sparse = engine.frames(sid)
+    z, sigma = _drift_errors_in_sigmas(list(sparse.itertuples()), mic)
+    _, dense_sigma = _drift_errors_in_sigmas(stats.frames[:frames], mic)
+    message = (
+        f"median sigma {np.median(sigma):.3f} px sparse, {np.median(dense_sigma):.3f} px dense; sparse "
+        f"within 3 sigma {(z <= 3).mean(axis=0)}, matched {sparse.drift_matched_count.median()}"
+    )
+    print(message)
+    assert sparse.drift_matched_count.median() <= 20
+    assert np.median(sigma) >= 1.5 * np.median(dense_sigma), message
+    assert ((z <= 3).mean(axis=0) >= 0.99).all(), message
+
+
+def _tracks_per_loop_and_purity(detections: pd.DataFrame, track: str) -> tuple[float, float]:
+    """Tracks per true loop and purity of the ``track`` column of detections that carry ``loop_id``."""
+    linked = detections[detections.groupby(track)[track].transform("size") >= 2]
+    dominant = linked.groupby(track).loop_id.agg(lambda ids: ids.value_counts().iloc[0])
+    real = detections[detections.loop_id >= 0]
+    return real.groupby("loop_id")[track].nunique().mean(), dominant.sum() / len(linked)
+
+
+def test_export_joins_track_fragments_without_rewriting_the_store(run, science_db):
+    """The noisy session, exported from its stopped tracker's store with fragments joined offline."""
+    _, sent, _, _ = run
+    with Store(science_db) as store:
+        engine = TrackerEngine(store)
+        (session,) = engine.sessions(include_closed=True)
+        sid = session["session_id"]
+        stored_ids = store.detections(sid).track_id
+        files = {}
+        for chunk in export_session(engine, sid, join_fragments=True):
+            files[chunk.name] = files.get(chunk.name, b"") + chunk.data
+        assert store.detections(sid).track_id.equals(stored_ids)  # the store is not rewritten
+    detections = pd.read_csv(io.BytesIO(files["detections.csv"]))
+    detections["loop_id"] = sent.loop_id.to_numpy()  # stored in the order sent
+    joins = json.loads(files["session.json"])["fragment_joins"]
+    exported_tracks = pd.read_csv(io.BytesIO(files["tracks.csv"]))
+    stored_per_loop, stored_purity = _tracks_per_loop_and_purity(detections, "track_id")
+    joined_per_loop, joined_purity = _tracks_per_loop_and_purity(detections, "joined_track_id")
+    message = (
+        f"{joins} joins: tracks per true loop {stored_per_loop:.3f} -> {joined_per_loop:.3f}, "
+        f"purity {stored_purity:.4f} -> {joined_purity:.4f}"
+    )
+    print(message)
+    assert joins > 0 and len(exported_tracks) == stored_ids.nunique() - joins, message
+    assert set(exported_tracks.track_id) == set(detections.joined_track_id)
+    assert joined_per_loop < stored_per_loop and joined_purity >= 0.95, message
 
 
 def _points_with_truth(run) -> pd.DataFrame:

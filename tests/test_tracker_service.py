@@ -203,7 +203,10 @@ def test_tracks_export_watch_and_metrics(tracker, client, tmp_path):
         f.loop_count for f in client.GetStatistics(pb.StatisticsRequest(session_id=sid)).frames
     )
     assert {"track_id", "x_corrected_px", "frame_index", "major_px"} <= set(detections.columns)
-    assert len(pd.read_csv(io.BytesIO(files["frame_statistics.csv"]))) == 15
+    frame_statistics = pd.read_csv(io.BytesIO(files["frame_statistics.csv"]))
+    assert len(frame_statistics) == 15
+    assert (frame_statistics.drift_sigma_x_nm.iloc[1:] > 0).all()  # the drift with its uncertainty
+    assert (frame_statistics.drift_matched_count.iloc[1:] > 0).all()
     meta = json.loads(files["session.json"], parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert meta["session_id"] == sid and meta["summary"]["frames"] == 15
     for table in ("detections", "tracks", "frame_statistics", "size_histogram", "lifetime_histogram"):
@@ -218,6 +221,10 @@ def test_tracks_export_watch_and_metrics(tracker, client, tmp_path):
     ]
     for name in (f"{p}.png" for p in pngs):
         assert files[name].startswith(b"\x89PNG")
+    assert "fragment_joins" not in meta and "joined_track_id" not in detections
+    joined = {p.name: p.read_bytes() for p in client.export(sid, tmp_path / "joined", join_fragments=True)}
+    assert json.loads(joined["session.json"])["fragment_joins"] == 0  # no track broke in 15 frames
+    assert (pd.read_csv(io.BytesIO(joined["detections.csv"])).joined_track_id == detections.track_id).all()
 
     client.CloseSession(pb.SessionRef(session_id=sid))
     watcher.join(10)

@@ -14,8 +14,10 @@ from loopstream.tracker.engine import TrackerEngine
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.store import (
     AB_FRAME_COLUMNS,
+    DRIFT_SIGMA_COLUMNS,
     FRAME_COLUMNS,
     HOME_COLUMNS,
+    HOME_VARIANCE_COLUMNS,
     MIGRATIONS,
     NEXT_TRACK_COLUMN,
     SCHEMA_VERSION,
@@ -29,21 +31,24 @@ from tests.conftest import schema_1_store, stored_ab_frames
 
 
 def _frames(n_frames: int = 40, n_loops: int = 30, seed: int = 0) -> list[np.ndarray]:
-    """Loops jittering in place, some missing now and then (memory), one frame empty."""
+    """Loops jittering in place, some missing now and then (memory), one frame empty: x, y, major."""
     rng = np.random.default_rng(seed)
-    home = rng.uniform(0, 200, (n_loops, 2))
+    home = np.column_stack([rng.uniform(0, 200, (n_loops, 2)), rng.uniform(5, 40, n_loops)])
     frames = []
     for i in range(n_frames):
         seen = rng.random(n_loops) > 0.15
-        frames.append(np.empty((0, 2)) if i == 17 else home[seen] + rng.normal(0, 0.3, (seen.sum(), 2)))
+        jitter = rng.normal(0, 0.3, (seen.sum(), 3)) * [1, 1, 3]
+        frames.append(np.empty((0, 3)) if i == 17 else home[seen] + jitter)
     return frames
 
 
-def test_restored_linker_continues_exactly_like_the_uninterrupted_one():
-    frames = _frames()
+@pytest.mark.parametrize("size_weight", [0.0, 0.5])
+def test_restored_linker_continues_exactly_like_the_uninterrupted_one(size_weight):
     memory = 3
-    reference = SessionLinker(5.0, memory)
+    reference = SessionLinker(5.0, memory, size_weight=size_weight)
+    frames = [reference.coordinates(f[:, 0], f[:, 1], f[:, 2]) for f in _frames()]
     ids = [reference.link(f, t) for t, f in enumerate(frames)]
+    raw = _frames()
     for cut in (1, 2, 5, 18, 20, 30):
         recent = pd.concat(
             [
@@ -51,15 +56,19 @@ def test_restored_linker_continues_exactly_like_the_uninterrupted_one():
                     {
                         "ordinal": t,
                         "track_id": ids[t],
-                        "x_link_px": frames[t][:, 0],
-                        "y_link_px": frames[t][:, 1],
+                        "x_link_px": raw[t][:, 0],
+                        "y_link_px": raw[t][:, 1],
+                        "major_px": raw[t][:, 2],
                     }
                 )
                 for t in range(max(0, cut - memory - 1), cut)
             ]
         )
         restored = SessionLinker(
-            5.0, memory, next_track_id=max(int(np.max(np.concatenate(ids[:cut]))) + 1, 0)
+            5.0,
+            memory,
+            next_track_id=max(int(np.max(np.concatenate(ids[:cut]))) + 1, 0),
+            size_weight=size_weight,
         )
         restored.restore(recent, list(range(max(0, cut - memory - 1), cut)))
         for t in range(cut, len(frames)):
@@ -68,12 +77,38 @@ def test_restored_linker_continues_exactly_like_the_uninterrupted_one():
             )
 
 
+def test_a_session_linking_on_size_restarts_exactly_where_it_stopped(tmp_path):
+    """The size coordinate is rebuilt from the stored detections: a tracker started on the store
+    mid-session links and measures as the uninterrupted one does."""
+    mic = SimulatedMicroscope(SimulationConfig(shape=(256, 256), n_frames=40, initial_loops=60), seed=2)
+    spec = {"pixel_size_nm": 0.39, "frame_rate_hz": 10.0, "size_weight": 0.3}
+    stored = []
+    for name, cut in (("uninterrupted", 40), ("restarted", 17)):
+        with Store(tmp_path / f"{name}.db") as store:
+            engine = TrackerEngine(store)
+            sid = engine.open_session(spec)["session_id"]
+            assert engine.session(sid)["size_weight"] == 0.3
+            _ingest(engine, sid, mic, range(cut))
+            _ingest(TrackerEngine(store), sid, mic, range(cut, 40))  # a new tracker on the same store
+            stored.append((store.detections(sid), store.frames(sid)))
+    (reference, reference_frames), (continued, continued_frames) = stored
+    pd.testing.assert_frame_equal(continued, reference)
+    pd.testing.assert_frame_equal(
+        continued_frames.drop(columns="received_unix_s"), reference_frames.drop(columns="received_unix_s")
+    )
+    with Store(tmp_path / "positions_only.db") as store:  # the size really is a coordinate
+        engine = TrackerEngine(store)
+        sid = engine.open_session({**spec, "size_weight": 0.0})["session_id"]
+        _ingest(engine, sid, mic, range(40))
+        assert not np.array_equal(store.detections(sid).track_id, reference.track_id)
+
+
 def test_sessions_count_track_ids_independently():
     frames = _frames(10)
     a, b = SessionLinker(5.0, 3), SessionLinker(5.0, 3)
     for t, f in enumerate(frames):
-        ids_a = a.link(f, t)
-        ids_b = b.link(f, t)
+        ids_a = a.link(f[:, :2], t)
+        ids_b = b.link(f[:, :2], t)
         np.testing.assert_array_equal(ids_a, ids_b)
     assert ids_a.min() >= 0 and a.next_track_id == b.next_track_id < 60
 
@@ -108,7 +143,7 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         session = store.session("s1")
         assert session["dpa_per_ion_cm2"] == 0.0  # migration 4: no dpa axis for old sessions
         assert (session["model_version"], session["shadow_model_version"], session["shadow_fraction"]) == (
@@ -118,6 +153,8 @@ def test_a_schema_1_store_migrates_keeping_its_sessions_and_frames(tmp_path):
         )
         frames = stored_ab_frames(path, "s1")
         assert frames.frame_index.tolist() == [0] and frames[AB_FRAME_COLUMNS].isna().all(axis=None)
+        old = store.frames("s1")  # migration 6: drift uncertainty unknown, no matched loops known
+        assert old[DRIFT_SIGMA_COLUMNS[:-1]].isna().all(axis=None) and old.drift_matched_count.tolist() == [0]
 
 
 def _ingest(engine: TrackerEngine, session_id: str, mic: SimulatedMicroscope, indices: range) -> None:
@@ -135,9 +172,10 @@ def _as_schema_2(source, target) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (2)")
     db.execute("ATTACH ? AS new", (str(source),))
-    v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS]
+    v2_detections = [c for c in STORED_DETECTION_COLUMNS if c not in HOME_COLUMNS + HOME_VARIANCE_COLUMNS]
     for table, columns in [
-        ("sessions", ["sid", *(c for c in SESSION_COLUMNS if c != "dpa_per_ion_cm2")]),  # migration 4
+        # dpa: migration 5, size weight: migration 6
+        ("sessions", ["sid", *(c for c in SESSION_COLUMNS if c not in ("dpa_per_ion_cm2", "size_weight"))]),
         ("frames", ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS]),
         ("detections", ["sid", *v2_detections]),
     ]:

@@ -220,6 +220,11 @@ def export_parser() -> argparse.ArgumentParser:
     )
     flags.add("--token-file", help="file holding the bearer token")
     flags.add("--ca", help="PEM CA bundle: use TLS and trust these roots")
+    flags.add(
+        "--join-fragments",
+        action="store_true",
+        help="join track fragments offline in the exported tracks (the stored ones stay as they are)",
+    )
     p.add_argument("--out", type=Path, default=Path("."), help="folder to write the files into")
     return p
 
@@ -237,7 +242,7 @@ def export_main(argv: list[str]) -> int:
                 bar.set_postfix_str(name)
                 bar.update(n)
 
-            files = client.export(args.session_id, args.out, progress)
+            files = client.export(args.session_id, args.out, progress, args.join_fragments)
     except grpc.RpcError as e:
         print(f"export failed: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2

@@ -67,19 +67,24 @@ class TrackerClient:
         return self.stub.StreamDetections(iter(messages), metadata=self.metadata)
 
     def export(
-        self, session_id: str, folder: str | Path, on_bytes: Callable[[str, int], None] | None = None
+        self,
+        session_id: str,
+        folder: str | Path,
+        on_bytes: Callable[[str, int], None] | None = None,
+        join_fragments: bool = False,
     ) -> list[Path]:
         """Write a session's export into ``folder`` as it streams in (never a whole file in memory).
 
         ``on_bytes(name, n)`` is told each piece's size (a progress bar). A file arrives complete or
-        not at all: it is written as NAME.part and renamed on its last piece.
+        not at all: it is written as NAME.part and renamed on its last piece. ``join_fragments``:
+        the tracks with fragments joined offline (``ExportRequest.join_fragments``).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         out, name = None, ""
         try:
-            request = pb.ExportRequest(session_id=session_id)
+            request = pb.ExportRequest(session_id=session_id, join_fragments=join_fragments)
             for chunk in self.stub.ExportSession(request, metadata=self.metadata):
                 if out is None:
                     name = Path(chunk.name).name  # no path from the server is trusted

@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from loopstream.tracker import statistics
+from loopstream.tracker import fragments, statistics
 from loopstream.tracker.engine import TrackerEngine
 
 try:  # Parquet is optional: pandas needs pyarrow for it
@@ -45,27 +45,36 @@ class ExportChunk:
     last: bool
 
 
-def export_session(engine: TrackerEngine, session_id: str) -> Iterator[ExportChunk]:
+def export_session(
+    engine: TrackerEngine, session_id: str, join_fragments: bool = False
+) -> Iterator[ExportChunk]:
     """Tables (detections, tracks, per-frame statistics, size and lifetime histograms, summary) and
     plots, as pieces of at most ``CHUNK_BYTES``.
 
     The detections, the one table as large as the session, are read from the store
     ``DETECTIONS_PER_READ`` at a time and written as they are read: CSV straight to the stream,
-    Parquet one row group per read through a temporary file.
+    Parquet one row group per read through a temporary file. With ``join_fragments`` the tracks,
+    their lifetimes and plot are those of ``fragments.fragment_joins`` (each detection also gets
+    its ``joined_track_id``; ``session.json`` says how many joins); the store is not changed.
     """
     session = engine.session(session_id)  # NOT_FOUND before the first piece
     pixel_nm = session["pixel_size_nm"]
     frames, summary, _ = engine.statistics(session_id)
-    yield from _pieces("detections.csv", "text/csv", _detections_csv(engine, session_id, frames))
+    detections = engine.store.detections(session_id)
+    joined = fragments.fragment_joins(detections, frames) if join_fragments else None
+    yield from _pieces("detections.csv", "text/csv", _detections_csv(engine, session_id, frames, joined))
     if HAVE_PARQUET:
         with tempfile.TemporaryFile() as spool:
-            _detections_parquet(engine, session_id, frames, spool)
+            _detections_parquet(engine, session_id, frames, joined, spool)
             spool.seek(0)
             yield from _pieces(
                 "detections.parquet", PARQUET, iter(functools.partial(spool.read, CHUNK_BYTES), b"")
             )
-    detections = engine.store.detections(session_id)
-    tracks = engine.tracks(session_id)
+    if joined is None:
+        tracks = engine.tracks(session_id)
+    else:
+        detections = detections.assign(track_id=detections.track_id.map(joined))
+        tracks = statistics.tracks_table(detections, frames, pixel_nm)
     sizes = statistics.size_histogram(detections, pixel_nm)
     lifetimes = statistics.lifetime_histogram(tracks)
     tables = {
@@ -81,6 +90,8 @@ def export_session(engine: TrackerEngine, session_id: str) -> Iterator[ExportChu
     # Strict JSON has no NaN: undefined numbers (e.g. no track has ended yet) become null.
     summary = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
     meta = {**session, "summary": summary}
+    if joined is not None:
+        meta["fragment_joins"] = int((joined.index != joined.to_numpy()).sum())
     yield from _pieces("session.json", "application/json", [json.dumps(meta, indent=2, default=str).encode()])
     plots = {
         "density_size_vs_time.png": lambda: plot_series(frames, "timestamp_s", "time (s)"),
@@ -120,23 +131,31 @@ def _frame_batches(frames: pd.DataFrame) -> Iterator[tuple[int, int]]:
         yield int(chosen[0]), int(chosen[-1])
 
 
-def _detection_reads(engine: TrackerEngine, session_id: str, frames: pd.DataFrame) -> Iterator[pd.DataFrame]:
+def _detection_reads(
+    engine: TrackerEngine, session_id: str, frames: pd.DataFrame, joined: pd.Series | None
+) -> Iterator[pd.DataFrame]:
+    """The stored detections, a batch of frames at a time, with their ``joined_track_id`` if joined."""
     for first, last in _frame_batches(frames):
-        yield engine.store.detections(session_id, first, last)
+        part = engine.store.detections(session_id, first, last)
+        yield part if joined is None else part.assign(joined_track_id=part.track_id.map(joined))
 
 
-def _detections_csv(engine: TrackerEngine, session_id: str, frames: pd.DataFrame) -> Iterator[bytes]:
+def _detections_csv(
+    engine: TrackerEngine, session_id: str, frames: pd.DataFrame, joined: pd.Series | None
+) -> Iterator[bytes]:
     header = True
-    for part in _detection_reads(engine, session_id, frames):
+    for part in _detection_reads(engine, session_id, frames, joined):
         yield part.to_csv(index=False, header=header).encode()
         header = False
     if header:  # no frame: the header alone
         yield engine.store.detections(session_id).to_csv(index=False).encode()
 
 
-def _detections_parquet(engine: TrackerEngine, session_id: str, frames: pd.DataFrame, sink) -> None:
+def _detections_parquet(
+    engine: TrackerEngine, session_id: str, frames: pd.DataFrame, joined: pd.Series | None, sink
+) -> None:
     writer = None
-    for part in _detection_reads(engine, session_id, frames):
+    for part in _detection_reads(engine, session_id, frames, joined):
         table = pyarrow.Table.from_pandas(part, preserve_index=False)
         writer = writer or pyarrow.parquet.ParquetWriter(sink, table.schema)
         writer.write_table(table)

@@ -182,8 +182,10 @@ class FrameIngest:
         x, y = values[:, _X], values[:, _Y]
         pred_x, pred_y = live.drift.predict()
         known_below = live.linker.next_track_id
-        track_ids = live.linker.link(np.column_stack([x - pred_x, y - pred_y]), ordinal)
-        dx, dy = live.drift.update(track_ids, x, y, ordinal)
+        track_ids = live.linker.link(
+            live.linker.coordinates(x - pred_x, y - pred_y, values[:, _MAJOR]), ordinal
+        )
+        drift = live.drift.update(track_ids, x, y, ordinal)
         n = len(values)
         detections = np.column_stack(
             [
@@ -191,8 +193,8 @@ class FrameIngest:
                 np.arange(n),
                 track_ids,
                 values,
-                x - dx,
-                y - dy,
+                x - drift.x_px,
+                y - drift.y_px,
                 live.drift.homes_of(track_ids),
             ]
         )
@@ -210,7 +212,7 @@ class FrameIngest:
             "received_unix_s": time.time(),
             "latency_s": frame.latency_s or None,  # 0 = not measured
             **_shadow_columns(frame.shadow),
-            **statistics.frame_drift(dx, dy, pixel_nm),
+            **statistics.frame_drift(drift, pixel_nm),
             **statistics.frame_statistics(
                 values[:, _MAJOR],
                 values[:, _MINOR],
@@ -236,7 +238,9 @@ class FrameIngest:
         if spec is None:
             raise SessionNotFound(session_id)
         memory = int(spec["memory_frames"])
-        linker = SessionLinker(spec["search_range_nm"] / spec["pixel_size_nm"], memory)
+        linker = SessionLinker(
+            spec["search_range_nm"] / spec["pixel_size_nm"], memory, size_weight=spec["size_weight"]
+        )
         drift = DriftEstimator(memory)
         progress = self.store.progress(session_id)
         live = _Live(spec, linker, drift, progress.frames_stored, progress.last_frame_index)

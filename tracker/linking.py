@@ -11,6 +11,9 @@ Two things trackpy does not give us:
   exactly that from stored detections, so a restarted tracker links the next frame as the
   uninterrupted one would have.
 
+A session may link on loop size as well as position (``size_weight``): the major axis times the
+weight is a third coordinate, so the search range is a distance in (x, y, weighted size) px.
+
 trackpy's module-level counters are not thread safe, so all sessions link under one lock; linking
 is pure Python and holds the GIL anyway.
 """
@@ -30,11 +33,25 @@ _TRACKPY_LOCK = threading.Lock()
 class SessionLinker:
     """Links frames one at a time; coordinates in px, ``memory`` in frames (arrivals)."""
 
-    def __init__(self, search_range_px: float, memory_frames: int, next_track_id: int = 0) -> None:
+    def __init__(
+        self, search_range_px: float, memory_frames: int, next_track_id: int = 0, size_weight: float = 0.0
+    ) -> None:
         self.search_range_px = float(search_range_px)
         self.memory_frames = int(memory_frames)
         self.next_track_id = next_track_id
+        self.size_weight = float(size_weight)
         self._linker: Linker | None = None
+
+    def coordinates(self, x_px: np.ndarray, y_px: np.ndarray, major_px: np.ndarray) -> np.ndarray:
+        """What trackpy links on: ``(n, 2)`` positions, or ``(n, 3)`` with the weighted major axis.
+
+        >>> linker = SessionLinker(5.0, 3, size_weight=0.5)
+        >>> linker.coordinates(np.array([1.0]), np.array([2.0]), np.array([8.0]))
+        array([[1., 2., 4.]])
+        """
+        if self.size_weight == 0:
+            return np.column_stack([x_px, y_px]).astype(float)
+        return np.column_stack([x_px, y_px, self.size_weight * np.asarray(major_px)]).astype(float)
 
     def _new_linker(self) -> Linker:
         # 'recursive': numba makes linking slower here (DESIGN.md); adaptive_stop splits the rare
@@ -47,8 +64,8 @@ class SessionLinker:
         )
 
     def link(self, coords_px: np.ndarray, ordinal: int) -> np.ndarray:
-        """Track ids (int64) of the ``(n, 2)`` positions of the next frame, in input order."""
-        coords_px = np.asarray(coords_px, dtype=float).reshape(-1, 2)
+        """Track ids (int64) of the next frame's ``coordinates``, in input order."""
+        coords_px = np.asarray(coords_px, dtype=float).reshape(-1, 2 if self.size_weight == 0 else 3)
         with _TRACKPY_LOCK:
             if self._linker is None:
                 self._linker = self._new_linker()
@@ -70,8 +87,9 @@ class SessionLinker:
     def restore(self, recent: pd.DataFrame, ordinals: list[int]) -> None:
         """Rebuild the state after the last of ``ordinals`` from its stored detections.
 
-        ``recent`` holds the detections (columns ``ordinal, track_id, x_link_px, y_link_px``,
-        in stored order) of the frames with the last ``memory + 1`` ``ordinals`` (ascending).
+        ``recent`` holds the detections (columns ``ordinal, track_id, x_link_px, y_link_px,
+        major_px``, in stored order) of the frames with the last ``memory + 1`` ``ordinals``
+        (ascending).
         """
         if not ordinals:
             return
@@ -81,11 +99,15 @@ class SessionLinker:
                 if not hasattr(cls, "counter"):
                     cls.reset_counter()
             linker = self._new_linker()
-            linker.ndim = 2
+            ndim = 2 if self.size_weight == 0 else 3
+            linker.ndim = ndim
             tracks: dict[int, TrackUnstored] = {}
 
             def point(row) -> Point:
-                p = Point(int(row.ordinal), np.array([row.x_link_px, row.y_link_px]))
+                coords = self.coordinates(
+                    np.array([row.x_link_px]), np.array([row.y_link_px]), np.array([row.major_px])
+                )
+                p = Point(int(row.ordinal), coords[0])
                 track = tracks.get(int(row.track_id))
                 if track is None:
                     track = tracks[int(row.track_id)] = TrackUnstored()
@@ -96,7 +118,9 @@ class SessionLinker:
             # Each track's latest point is what the linker holds: current points, or memory points.
             latest = recent.drop_duplicates("track_id", keep="last")
             current = [point(r) for r in recent[recent.ordinal == last].itertuples(index=False)]
-            linker.hash = linker.hash_cls(current, ndim=2, to_eucl=linker.to_eucl, dist_func=linker.dist_func)
+            linker.hash = linker.hash_cls(
+                current, ndim=ndim, to_eucl=linker.to_eucl, dist_func=linker.dist_func
+            )
             linker.mem_set = set()
             linker.mem_history = []
             # mem_history[j] holds tracks last seen at the (memory - j)-th frame before the last.

@@ -44,6 +44,7 @@ def _session_message(s: dict) -> pb.Session:
         model_family=pb.ModelFamily.ValueType(s["model_family"]),
         search_range_nm=s["search_range_nm"],
         memory_frames=int(s["memory_frames"]),
+        size_weight=s["size_weight"],
     )
     return pb.Session(
         session_id=s["session_id"],
@@ -358,5 +359,5 @@ class TrackerService(pb_grpc.TrackerServicer):
     def ExportSession(
         self, request: pb.ExportRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportChunk]:
-        for chunk in export.export_session(self.engine, request.session_id):
+        for chunk in export.export_session(self.engine, request.session_id, request.join_fragments):
             yield pb.ExportChunk(session_id=request.session_id, **dataclasses.asdict(chunk))

@@ -71,6 +71,7 @@ class SessionCatalog:
             "model_version": arm.model_version,  # the arm; "" (latest) becomes the client's pin at frame 1
             "search_range_nm": float(spec.get("search_range_nm") or d.search_range_nm),
             "memory_frames": d.memory_frames if memory == 0 else max(int(memory), 0),
+            "size_weight": float(spec.get("size_weight", 0.0)),
             "opened_at_unix_s": time.time(),
             "closed": 0,
             "shadow_model_version": arm.shadow_version,

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from loopstream.tracker.drift import DriftEstimate
+
 # A slope over fewer detections is mostly detection noise (sizes scatter ~15 % per frame).
 MIN_FRAMES_FOR_GROWTH = 20
 # Theil-Sen looks at every pair of points; thinning a long track evenly to this many keeps the
@@ -48,17 +50,24 @@ def frame_statistics(
     }
 
 
-def frame_drift(dx_px: float, dy_px: float, pixel_size_nm: float) -> dict[str, float]:
-    """A frame's cumulative drift in px and nm.
+def frame_drift(estimate: DriftEstimate, pixel_size_nm: float) -> dict[str, float]:
+    """A frame's cumulative drift and its one-sigma uncertainty, in px and nm, and the matched loops
+    it was averaged over.
 
-    >>> frame_drift(2.0, -1.0, 0.5)
-    {'drift_x_px': 2.0, 'drift_y_px': -1.0, 'drift_x_nm': 1.0, 'drift_y_nm': -0.5}
+    >>> row = frame_drift(DriftEstimate(2.0, -1.0, 0.1, 0.2, 40), 0.5)
+    >>> row["drift_x_nm"], row["drift_y_nm"], row["drift_sigma_y_nm"], row["drift_matched_count"]
+    (1.0, -0.5, 0.1, 40)
     """
     return {
-        "drift_x_px": dx_px,
-        "drift_y_px": dy_px,
-        "drift_x_nm": dx_px * pixel_size_nm,
-        "drift_y_nm": dy_px * pixel_size_nm,
+        "drift_x_px": estimate.x_px,
+        "drift_y_px": estimate.y_px,
+        "drift_x_nm": estimate.x_px * pixel_size_nm,
+        "drift_y_nm": estimate.y_px * pixel_size_nm,
+        "drift_sigma_x_px": estimate.sigma_x_px,
+        "drift_sigma_y_px": estimate.sigma_y_px,
+        "drift_sigma_x_nm": estimate.sigma_x_px * pixel_size_nm,
+        "drift_sigma_y_nm": estimate.sigma_y_px * pixel_size_nm,
+        "drift_matched_count": estimate.matched,
     }
 
 

@@ -39,7 +39,10 @@ _V1_DETECTION_COLUMNS = [
 # the mean of their drift-corrected positions (px), the loop's position on the sample. A restarted
 # tracker rebuilds the drift state from each live track's latest detection.
 HOME_COLUMNS = ["track_detections", "home_x_px", "home_y_px"]
-STORED_DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS]
+# Migration 6: the variance (px²) each home inherited from the drift estimates that corrected its
+# detections (drift.py), so a restarted tracker goes on reporting the same drift uncertainty.
+HOME_VARIANCE_COLUMNS = ["home_variance_x_px2", "home_variance_y_px2"]
+STORED_DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS, *HOME_VARIANCE_COLUMNS]
 
 FRAME_COLUMNS = [
     "frame_index",
@@ -61,6 +64,16 @@ FRAME_COLUMNS = [
     "drift_x_nm",
     "drift_y_nm",
     "received_unix_s",
+]
+
+# Migration 6: each frame's drift uncertainty (one sigma per axis, px and nm; NaN/NULL where no loop
+# matched) and how many matched loops the drift was averaged over.
+DRIFT_SIGMA_COLUMNS = [
+    "drift_sigma_x_px",
+    "drift_sigma_y_px",
+    "drift_sigma_x_nm",
+    "drift_sigma_y_nm",
+    "drift_matched_count",
 ]
 
 # Migration 3: the first track id the session has not used yet, after the frame (restarts go on
@@ -95,6 +108,7 @@ SESSION_COLUMNS = [
     "shadow_model_version",  # migration 2: the candidate the session shadows, "" = none
     "shadow_fraction",
     "dpa_per_ion_cm2",  # migration 5: dose in dpa per unit fluence (from SRIM), 0 = unknown
+    "size_weight",  # migration 6: loop size as a linking coordinate (linking.py), 0 = off
 ]
 
 
@@ -191,6 +205,7 @@ _INTEGER_COLUMNS = {
     "loop_index",
     "track_id",
     "track_detections",
+    "drift_matched_count",
 }
 _V4_FRAME_COLUMNS = [*_V1_FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN]  # frozen, as _V1_*
 _V4_DETECTION_COLUMNS = [*_V1_DETECTION_COLUMNS, *HOME_COLUMNS]  # frozen
@@ -232,6 +247,17 @@ def _migration_5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN dpa_per_ion_cm2 REAL NOT NULL DEFAULT 0")
 
 
+def _migration_6(db: sqlite3.Connection) -> None:
+    """Drift with its uncertainty: per frame its sigma and matched loops, per detection its home's
+    inherited variance (NULL for what was stored before: unknown); per session the size weight of
+    linking (0 = off, as every session linked before)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN size_weight REAL NOT NULL DEFAULT 0")
+    for column in DRIFT_SIGMA_COLUMNS:
+        db.execute(f"ALTER TABLE frames ADD COLUMN {column} {_sql_type(column)}")
+    for column in HOME_VARIANCE_COLUMNS:
+        db.execute(f"ALTER TABLE detections ADD COLUMN {column} REAL")
+
+
 # Index i migrates schema version i to i + 1. Append, never edit: stores in the field depend on it.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
@@ -239,19 +265,27 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SID = "(SELECT sid FROM sessions WHERE session_id = ?)"  # a session's integer key, from its uuid
 
 
-_STORED_FRAME_COLUMNS = ["sid", *FRAME_COLUMNS, *AB_FRAME_COLUMNS, NEXT_TRACK_COLUMN, CONTENT_HASH_COLUMN]
+_STORED_FRAME_COLUMNS = [
+    "sid",
+    *FRAME_COLUMNS,
+    *AB_FRAME_COLUMNS,
+    NEXT_TRACK_COLUMN,
+    CONTENT_HASH_COLUMN,
+    *DRIFT_SIGMA_COLUMNS,
+]
 _INSERT_FRAME_SQL = (
     f"INSERT OR IGNORE INTO frames ({', '.join(_STORED_FRAME_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _STORED_FRAME_COLUMNS)})"
 )
 # Detections go in as multi-row INSERTs: one statement per frame releases the GIL once while SQLite
 # works, where one statement per row made concurrent streams queue for the GIL 200 times per commit.
-_ROWS_PER_INSERT = 1000  # x 22 parameters, under SQLite's limit of 32,766
+_ROWS_PER_INSERT = 1000  # x 24 parameters, under SQLite's limit of 32,766
 
 
 @functools.lru_cache(maxsize=64)
@@ -482,6 +516,7 @@ class Store:
                         *(frame.get(c) for c in AB_FRAME_COLUMNS),
                         frame[NEXT_TRACK_COLUMN],
                         frame.get(CONTENT_HASH_COLUMN),
+                        *(frame[c] for c in DRIFT_SIGMA_COLUMNS),
                     ],
                 )
                 if cur.rowcount == 0:
@@ -536,7 +571,7 @@ class Store:
         upper = "" if to_frame is None else "AND frame_index <= ?"
         args = (session_id, from_frame) if to_frame is None else (session_id, from_frame, to_frame)
         df = self._query(
-            f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames WHERE sid = "
+            f"SELECT {', '.join([*FRAME_COLUMNS, *DRIFT_SIGMA_COLUMNS])} FROM frames WHERE sid = "
             f"{_SID} AND frame_index >= ? {upper} "
             "ORDER BY frame_index",
             args,
@@ -546,7 +581,8 @@ class Store:
     def last_frames(self, session_id: str, n: int) -> pd.DataFrame:
         """The ``n`` most recent frames, oldest first, with their ``NEXT_TRACK_COLUMN``."""
         df = self._query(
-            f"SELECT {', '.join([*FRAME_COLUMNS, NEXT_TRACK_COLUMN])} FROM frames WHERE sid = {_SID} "
+            f"SELECT {', '.join([*FRAME_COLUMNS, *DRIFT_SIGMA_COLUMNS, NEXT_TRACK_COLUMN])} FROM frames "
+            f"WHERE sid = {_SID} "
             "ORDER BY ordinal DESC LIMIT ?",
             (session_id, n),
         )
@@ -571,6 +607,9 @@ class Store:
         )
         for c in ("frame_index", "loop_index", "track_id", "track_detections"):
             df[c] = df[c].astype("int64")
+        df[HOME_VARIANCE_COLUMNS] = df[HOME_VARIANCE_COLUMNS].astype(
+            float
+        )  # NULL (before migration 6) as NaN
         return df
 
     def arm_frames(self, pipeline: str = "", since_unix_s: float = 0.0) -> pd.DataFrame:
@@ -597,7 +636,17 @@ class Store:
 
 
 def _frame_types(df: pd.DataFrame) -> pd.DataFrame:
-    for c in ("frame_index", "ordinal", "width_px", "height_px", "loop_count", "linked_count"):
+    df[DRIFT_SIGMA_COLUMNS] = df[DRIFT_SIGMA_COLUMNS].astype(float)  # NULL (unknown) as NaN
+    df["drift_matched_count"] = df["drift_matched_count"].fillna(0)  # NULL before migration 6
+    for c in (
+        "frame_index",
+        "ordinal",
+        "width_px",
+        "height_px",
+        "loop_count",
+        "linked_count",
+        "drift_matched_count",
+    ):
         df[c] = df[c].astype("int64")
     for c in ("model_name", "model_version"):
         df[c] = df[c].astype(object)

@@ -35,6 +35,7 @@ MAX_PIXEL_SIZE_NM = 1e6
 MAX_FRAME_RATE_HZ = 1e6
 MAX_DOSE_RATE = 1e20  # ions/cm^2/s
 MAX_SEARCH_RANGE_NM = 1e6
+MAX_SIZE_WEIGHT = 10.0  # beyond it size would outweigh position in the linking distance entirely
 MAX_MEMORY_FRAMES = 1000
 
 
@@ -103,6 +104,7 @@ def spec_problem(spec: dict) -> str | None:
         ("frame_rate_hz", "the nominal camera rate in Hz", 0.0, MAX_FRAME_RATE_HZ, False),
         ("dose_rate_ions_cm2_s", "ions/cm^2/s; 0 without irradiation", 0.0, MAX_DOSE_RATE, True),
         ("search_range_nm", "0 = the tracker's default", 0.0, MAX_SEARCH_RANGE_NM, True),
+        ("size_weight", "px of linking distance per px of major axis; 0 = off", 0.0, MAX_SIZE_WEIGHT, True),
     ]
     for name, meaning, low, high, zero_ok in checks:
         value = spec.get(name, 0.0)

@@ -17,7 +17,7 @@ MODEL_FAMILY_INSTANCE: ModelFamily
 MODEL_FAMILY_SEMANTIC: ModelFamily
 
 class SessionSpec(_message.Message):
-    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames", "dpa_per_ion_cm2")
+    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames", "dpa_per_ion_cm2", "size_weight")
     MICROSCOPE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SIZE_NM_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class SessionSpec(_message.Message):
     SEARCH_RANGE_NM_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DPA_PER_ION_CM2_FIELD_NUMBER: _ClassVar[int]
+    SIZE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     microscope_id: str
     sample: str
     pixel_size_nm: float
@@ -36,7 +37,8 @@ class SessionSpec(_message.Message):
     search_range_nm: float
     memory_frames: int
     dpa_per_ion_cm2: float
-    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., dpa_per_ion_cm2: _Optional[float] = ...) -> None: ...
+    size_weight: float
+    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., dpa_per_ion_cm2: _Optional[float] = ..., size_weight: _Optional[float] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames", "shadow_model_version", "shadow_fraction", "reads_loop_table")
@@ -187,7 +189,7 @@ class Ack(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class FrameStatistics(_message.Message):
-    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count", "dose_dpa")
+    __slots__ = ("frame_index", "timestamp_s", "fluence_ions_cm2", "loop_count", "density_per_um2", "mean_major_nm", "mean_minor_nm", "foreground_percent", "drift_x_px", "drift_y_px", "drift_x_nm", "drift_y_nm", "linked_count", "dose_dpa", "drift_sigma_x_px", "drift_sigma_y_px", "drift_sigma_x_nm", "drift_sigma_y_nm", "drift_matched_count")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     FLUENCE_IONS_CM2_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +204,11 @@ class FrameStatistics(_message.Message):
     DRIFT_Y_NM_FIELD_NUMBER: _ClassVar[int]
     LINKED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DOSE_DPA_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_X_PX_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_Y_PX_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_X_NM_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SIGMA_Y_NM_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_MATCHED_COUNT_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     timestamp_s: float
     fluence_ions_cm2: float
@@ -216,7 +223,12 @@ class FrameStatistics(_message.Message):
     drift_y_nm: float
     linked_count: int
     dose_dpa: float
-    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ..., dose_dpa: _Optional[float] = ...) -> None: ...
+    drift_sigma_x_px: float
+    drift_sigma_y_px: float
+    drift_sigma_x_nm: float
+    drift_sigma_y_nm: float
+    drift_matched_count: int
+    def __init__(self, frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., fluence_ions_cm2: _Optional[float] = ..., loop_count: _Optional[int] = ..., density_per_um2: _Optional[float] = ..., mean_major_nm: _Optional[float] = ..., mean_minor_nm: _Optional[float] = ..., foreground_percent: _Optional[float] = ..., drift_x_px: _Optional[float] = ..., drift_y_px: _Optional[float] = ..., drift_x_nm: _Optional[float] = ..., drift_y_nm: _Optional[float] = ..., linked_count: _Optional[int] = ..., dose_dpa: _Optional[float] = ..., drift_sigma_x_px: _Optional[float] = ..., drift_sigma_y_px: _Optional[float] = ..., drift_sigma_x_nm: _Optional[float] = ..., drift_sigma_y_nm: _Optional[float] = ..., drift_matched_count: _Optional[int] = ...) -> None: ...
 
 class StatisticsRequest(_message.Message):
     __slots__ = ("session_id", "from_frame", "to_frame")
@@ -343,10 +355,12 @@ class TracksReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "join_fragments")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FRAGMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    join_fragments: bool
+    def __init__(self, session_id: _Optional[str] = ..., join_fragments: _Optional[bool] = ...) -> None: ...
 
 class ArmStatisticsRequest(_message.Message):
     __slots__ = ("pipeline", "since_unix_s")
