@@ -126,6 +126,33 @@ def test_add_version_numbers_versions_and_rejects_unknown_settings(tmp_path: Pat
         PipelineSpec.read(tmp_path / "bad.json")
 
 
+def test_a_version_with_another_versions_network_links_to_it_and_builds_to_a_copy(tmp_path: Path) -> None:
+    first, second = sorted(REPOSITORY.glob("loops_semantic_core/*/model.onnx"))[:2]
+    assert not filecmp.cmp(first, second, shallow=False), "the test needs two different networks"
+    repository = tmp_path / "repository"
+    add_version(repository, "loops_x", PipelineSpec(threshold=0.4), first)
+    add_version(repository, "loops_x", PipelineSpec(threshold=0.6), first)  # post-processing only
+    core = repository / "loops_x_core"
+    linked = core / "2" / "model.onnx"
+    assert linked.is_symlink() and linked.resolve() == (core / "1" / "model.onnx").resolve()
+    built = build_flavour(repository, tmp_path / "local", "local") / "loops_x_core" / "2" / "model.onnx"
+    assert not built.is_symlink() and filecmp.cmp(built, first, shallow=False)
+    add_version(repository, "loops_x", PipelineSpec(threshold=0.4), second, version=1)  # replace 1
+    assert not linked.is_symlink() and filecmp.cmp(linked, first, shallow=False), "2 keeps its network"
+    assert filecmp.cmp(core / "1" / "model.onnx", second, shallow=False)
+    add_version(repository, "loops_x", PipelineSpec(threshold=0.4), second, version=2)  # replace 2
+    assert linked.is_symlink() and filecmp.cmp(linked, second, shallow=False)
+
+
+def test_the_shipped_repository_holds_each_network_once() -> None:
+    networks = [p for p in REPOSITORY.glob("*_core/*/model.*") if p.suffix in (".onnx", ".pt")]
+    real = [p for p in networks if not p.is_symlink()]
+    assert all(p.resolve() in {r.resolve() for r in real} for p in networks), "a link points elsewhere"
+    for i, a in enumerate(real):
+        for b in real[i + 1 :]:
+            assert not filecmp.cmp(a, b, shallow=False), f"{a} and {b} are copies: link one to the other"
+
+
 def _torchscript_repository(tmp_path: Path) -> Path:
     """Both families with a (stand-in) TorchScript file: configs depend on the format, not the bytes."""
     repository = tmp_path / "repository"

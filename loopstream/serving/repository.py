@@ -7,7 +7,8 @@ config). The flavour decides how they are served:
 
 - ``local``: both in Triton's Python backend, the network run by ONNX Runtime or libtorch on the
   CPU (the tritonserver of the nvidia-pytriton wheel has no other backend). Glue files are
-  symlinks into ``loopstream/serving/backends`` so every version runs the same code.
+  symlinks into ``loopstream/serving/backends`` so every version runs the same code, and a
+  version whose network has the same bytes as another's links to that file (``add_version``).
 - ``gpu``: the NGC tritonserver image; an ONNX network on the native ``onnxruntime`` backend with
   the TensorRT accelerator in FP16, a TorchScript one on ``pytorch_libtorch``; GPU instances and
   pinned memory; the pipeline stays in Python. Semantic ONNX networks ship float16 weights
@@ -26,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
 import shutil
 import sys
@@ -202,11 +204,30 @@ def add_version(
     for stale in CORE_FILES.values():
         if core_dir / stale != target:
             (core_dir / stale).unlink(missing_ok=True)
-    if Path(network).resolve() != target.resolve():
-        shutil.copyfile(network, target)
+    if not (target.is_file() and filecmp.cmp(network, target, shallow=False)):
+        _place_network(repository, pipeline, version, Path(network), target)
     spec.write(repository / pipeline / str(version) / "pipeline.json")
     write_configs(repository, "local")
     return version
+
+
+def _place_network(repository: Path, pipeline: str, version: int, network: Path, target: Path) -> None:
+    """Put ``network`` at ``target``: a relative link to another version's file with the same
+    bytes (a version that changes only post-processing ships no second copy of its network), else
+    a copy. Versions linked to the file being replaced get their own copy of it first."""
+    core = repository / f"{pipeline}_core"
+    files = [core / str(v) / target.name for v in versions_of(repository, pipeline) if v != version]
+    if target.is_file() and not target.is_symlink():
+        for linked in (f for f in files if f.is_symlink() and f.samefile(target)):
+            linked.unlink()
+            shutil.copyfile(target, linked)
+    real_files = (f for f in files if f.is_file() and not f.is_symlink())
+    same = next((f for f in real_files if filecmp.cmp(f, network, shallow=False)), None)
+    target.unlink(missing_ok=True)
+    if same is None:
+        shutil.copyfile(network, target)
+    else:
+        target.symlink_to(os.path.relpath(same, target.parent))
 
 
 def add_noop_pipeline(repository: Path, name: str = "loops_noop") -> str:
