@@ -213,8 +213,17 @@ def test_control_room_rates_and_export_zip(tracker, client):
     expected = np.mean([len(synthetic.detections(MIC, i)) for i in range(5)])
     assert row["loops_per_frame"] == pytest.approx(expected) and row["preview_frame"] is None
     with get(f"{view(tracker)}/api/sessions/{sid}/export.zip", VIEWER_TOKEN, timeout_s=120) as r:
-        names = zipfile.ZipFile(io.BytesIO(r.read())).namelist()
-    assert "frame_statistics.csv" in names and "density_size_vs_time.png" in names
+        archive = zipfile.ZipFile(io.BytesIO(r.read()))
+    assert "frame_statistics.csv" in archive.namelist() and "density_size_vs_time.png" in archive.namelist()
+    assert "fragment_joins" not in json.loads(archive.read("session.json"))
+    joined_url = f"{view(tracker)}/api/sessions/{sid}/export.zip?join_fragments=1"
+    with get(joined_url, VIEWER_TOKEN, timeout_s=120) as r:
+        joined = zipfile.ZipFile(io.BytesIO(r.read()))
+    assert json.loads(joined.read("session.json"))["fragment_joins"] >= 0
+    assert "joined_track_id" in joined.read("detections.csv").decode().splitlines()[0]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        get(joined_url.replace("=1", "=yes"), VIEWER_TOKEN)
+    assert refused.value.code == 400 and "give 1 (join track fragments) or 0" in refused.value.read().decode()
     with get(f"http://127.0.0.1:{tracker.metrics_port}/metrics") as r:
         metrics = r.read().decode()
     assert 'loopstream_tracker_view_requests_total{status="200"}' in metrics

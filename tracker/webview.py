@@ -461,8 +461,11 @@ class WebView:
 
     async def _export(self, request: web.Request) -> web.StreamResponse:
         sid = request.match_info["sid"]
+        joined = request.query.get("join_fragments", "0")
+        if joined not in ("0", "1"):
+            raise web.HTTPBadRequest(text=f"join_fragments={joined!r}: give 1 (join track fragments) or 0")
         try:
-            archive = await self._read(self._zip_export, sid)
+            archive = await self._read(self._zip_export, sid, joined == "1")
         except SessionNotFound as e:
             raise web.HTTPNotFound(text=str(e)) from None
         response = web.StreamResponse(
@@ -478,13 +481,14 @@ class WebView:
         await response.write_eof()
         return response
 
-    def _zip_export(self, sid: str) -> tempfile.SpooledTemporaryFile:
+    def _zip_export(self, sid: str, join_fragments: bool) -> tempfile.SpooledTemporaryFile:
         """The session's export as one zip, written piece by piece as the store is read (the
-        export streams; a spooled file keeps memory bounded for large sessions)."""
+        export streams; a spooled file keeps memory bounded for large sessions); with
+        ``join_fragments`` the tracks as ``loopstream-tracker export --join-fragments`` gives them."""
         spool = tempfile.SpooledTemporaryFile(max_size=export.CHUNK_BYTES)  # noqa: SIM115 (returned open)
         with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
             member = None
-            for chunk in export.export_session(self.engine, sid):
+            for chunk in export.export_session(self.engine, sid, join_fragments):
                 if member is None:
                     member = archive.open(chunk.name, "w", force_zip64=True)
                 member.write(chunk.data)

@@ -112,6 +112,7 @@ function facts(update) {
 }
 
 document.getElementById("export").href = `/api/sessions/${sessionId}/export.zip`;
+document.getElementById("export-joined").href = `/api/sessions/${sessionId}/export.zip?join_fragments=1`;
 const status = document.getElementById("status");
 const events = new EventSource(`/api/sessions/${sessionId}/events`);
 events.onopen = () => { status.textContent = "live"; };
