@@ -277,7 +277,7 @@ class LoopMaskRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **roi_losses}
         if resized:  # detectron2's detector_postprocess: boxes back to the input's px, per axis
-            scale = torch.tensor([width / size[1], height / size[0]] * 2, dtype=x.dtype)
+            scale = torch.tensor([width / size[1], height / size[0]] * 2, dtype=x.dtype, device=x.device)
             for d in detections:
                 d["boxes"] = d["boxes"] * scale
         return detections

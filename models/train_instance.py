@@ -94,9 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     p.add_argument("--log-every", type=int, default=10, help="steps between log rows and checkpoints")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (augmentation too)")
+    p.add_argument("--device", default="cpu", help="torch device of the network: cpu, or cuda on a GPU")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here; train with --device cpu")
     if args.sim_fraction < 1.0 and not args.coco:
         p.error("--sim-fraction < 1 needs --coco")
     if len(args.exclude_ids) > len(args.coco):
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.init is not None:
         header, model = checkpoint_header(args.init), load_instance_checkpoint(args.init)
         args.arch = header["arch"]
+    device = torch.device(args.device)
+    model.to(device)  # before the optimiser, so resumed optimiser state lands on the device too
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], args.lr, weight_decay=1e-4
     )
@@ -205,8 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         while not run.done:
             lr = run.set_learning_rate()
             pairs = [training_pair(sample(), args.crop_px, rescale, rng) for _ in range(args.batch_size)]
-            images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-            losses = model(images, [p[1] for p in pairs])
+            images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
+            targets = [{k: v.to(device) for k, v in p[1].items()} for p in pairs]
+            losses = model(images, targets)
             loss = sum(losses.values())
             optimizer.zero_grad()
             loss.backward()

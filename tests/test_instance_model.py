@@ -102,3 +102,10 @@ def test_fine_tuning_refuses_a_second_initialisation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--init", "a.pt", "--init-encoder", "b.pt", "--sim-fraction", "1"])
     assert "--init already sets every weight" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_training_on_cuda_without_a_gpu_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--device", "cuda", "--sim-fraction", "1"])
+    assert "--device cuda: no CUDA device here; train with --device cpu" in capsys.readouterr().err
