@@ -6,6 +6,7 @@ and standardisation happen later (``loopstream.models.augment``) so evaluation s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from pycocotools.coco import COCO
 
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.models.targets import draw_ellipse, targets_from_ellipses, targets_from_instances
+
+# Simulator seeds of training frames; seeds below 10000 are left to evaluation and tests, so no
+# evaluated frame was ever trained on.
+TRAIN_SEEDS = (1_000_000, 2_000_000)
 
 
 @dataclass
@@ -144,3 +149,39 @@ def polygon_images(coco: CocoLoops) -> list[PolygonImage]:
         boxes = np.array([[*p.min(0), *p.max(0)] for p in polygons], np.float32).reshape(-1, 4)
         out.append(PolygonImage(Path(info["file_name"]).stem, image, polygons, boxes))
     return out
+
+
+def real_training_images(
+    coco_files: Sequence[Path], exclude_ids: Sequence[list[int]]
+) -> list[list[PolygonImage]]:
+    """The training images of each COCO file (``exclude_ids[i]`` of the i-th never read), as
+    polygons: one list per dataset, so each dataset can be drawn equally often."""
+    datasets = []
+    for coco_file, exclude in zip(coco_files, exclude_ids, strict=True):
+        datasets.append(polygon_images(CocoLoops(coco_file, exclude_ids=exclude)))
+        print(f"real training images of {coco_file}: {[s.name for s in datasets[-1]]}")
+    return datasets
+
+
+class TrainingFrames:
+    """Where each training frame comes from, for both trainers: a fresh simulated ``sim_px`` square
+    frame with probability ``sim_fraction`` (always, without real data), else a dataset of ``real``
+    drawn equally, then one of its images drawn equally: 9 creme images weigh as much as 16 Ti
+    frames holding 50 times more loops."""
+
+    def __init__(
+        self,
+        real: Sequence[Sequence[Sample | PolygonImage]],
+        sim_fraction: float,
+        sim_px: int,
+        rng: np.random.Generator,
+    ) -> None:
+        self.real = [dataset for dataset in real if dataset]
+        self.sim_fraction, self.sim_px, self.rng = sim_fraction, sim_px, rng
+
+    def draw(self) -> Sample | PolygonImage:
+        if not self.real or self.rng.random() < self.sim_fraction:
+            seed = int(self.rng.integers(*TRAIN_SEEDS))
+            return simulated_sample(seed, self.rng, (self.sim_px, self.sim_px))
+        dataset = self.real[int(self.rng.integers(len(self.real)))]
+        return dataset[int(self.rng.integers(len(dataset)))]

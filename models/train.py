@@ -1,21 +1,27 @@
 """Training CLI (``loopstream-train``): simulator pretraining and fine-tuning on COCO datasets.
 
 Each batch draws a fraction ``--sim-fraction`` of its frames from the simulator (fresh random
-configurations and seeds, never repeated) and the rest from the COCO training images, all
-augmented (``loopstream.models.augment``). ``--sim-fraction 1`` is pretraining; fine-tuning starts
-from ``--init`` (weights only), ``--resume`` continues an interrupted run exactly where its last
-checkpoint left off (weights, optimiser, step, elapsed time, random state). The learning rate
-follows the run's progress, the larger of step / ``--steps`` and time / ``--max-minutes``
-(``loopstream.models.training_run``).
+configurations and seeds, never repeated) and the rest from the COCO training images of one or
+more datasets (``--coco``, repeated; each dataset drawn equally often, its ``--exclude-ids`` never
+read), as ``--crop-px`` crops rescaled by a random factor in ``--rescale``, all augmented
+(``loopstream.models.augment``). The data options and their drawing are the instance trainer's
+(``loopstream.models.training_run``, ``loopstream.models.datasets``).
+
+``--sim-fraction 1`` is pretraining; fine-tuning starts from ``--init`` (weights only),
+``--resume`` continues an interrupted run exactly where its last checkpoint left off (weights,
+optimiser, step, elapsed time, random state). The learning rate follows the run's progress, the
+larger of step / ``--steps`` and time / ``--max-minutes`` (``loopstream.models.training_run``).
 
 Outputs in ``--out``: ``last.pt`` (every ``--val-every`` steps and at the end) and ``metrics.csv``
 (step, split, loss, Dice of foreground and core, learning rate, elapsed time).
 
-Example (pretraining, then fine-tuning on creme with images 3, 7, 11 held out)::
+Example (pretraining, then fine-tuning on creme and hirst-ti with their validation images held out)::
 
     loopstream-train --out runs/pre --steps 500 --sim-fraction 1
-    loopstream-train --out runs/ft --init runs/pre/last.pt --steps 400 --sim-fraction 0.4 \\
-        --coco ../shared/data/creme-ds25s/train/annotations.json --exclude-ids 3,7,11
+    loopstream-train --out runs/ft --init runs/pre/last.pt --steps 400 --sim-fraction 0.3 \\
+        --coco ../shared/data/creme-ds25s/train/annotations.json --exclude-ids 3,7,11 \\
+        --coco ../shared/data/hirst-ti/train/annotations.json --exclude-ids 203,743,1204,1743 \\
+        --rescale 0.75 1.5
 """
 
 from __future__ import annotations
@@ -28,31 +34,29 @@ import torch
 from tqdm import tqdm
 
 from loopstream.models.architectures import build_model
-from loopstream.models.augment import augment, random_crop
-from loopstream.models.datasets import CocoLoops, Sample, simulated_sample
+from loopstream.models.augment import augment, random_crop, rescaled_crop
+from loopstream.models.datasets import (
+    PolygonImage,
+    Sample,
+    TrainingFrames,
+    real_training_images,
+    simulated_sample,
+)
 from loopstream.models.losses import dice_scores, segmentation_loss
-from loopstream.models.training_run import TrainingRun
+from loopstream.models.targets import targets_from_instances
+from loopstream.models.training_run import TrainingRun, add_real_data_arguments, check_real_data_arguments
 
-# Simulator seeds: training draws from TRAIN_SEEDS, validation uses VAL_SEEDS; seeds below 10000
-# are left to evaluation and tests, so no evaluated frame was ever trained on.
-TRAIN_SEEDS = (1_000_000, 2_000_000)
+# Simulator seeds of the validation frames (training draws from datasets.TRAIN_SEEDS); seeds below
+# 10000 are left to evaluation and tests.
 VAL_SEEDS = range(10_000, 10_008)
 LOG_COLUMNS = ["step", "split", "loss", "dice_fg", "dice_core", "lr", "elapsed_s"]
-
-
-def parse_ids(text: str | None) -> list[int] | None:
-    return None if not text else [int(t) for t in text.split(",") if t.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loopstream-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics.csv)")
     p.add_argument("--arch", default="unet_r18", help="architecture name (loopstream.models.architectures)")
-    p.add_argument("--coco", type=Path, help="COCO annotation file of real training images")
-    p.add_argument("--images", type=Path, help="image folder of --coco (default: imgs/ beside it)")
-    p.add_argument("--exclude-ids", help="COCO image ids never read (held-out test images), e.g. 3,7,11")
-    p.add_argument("--val-ids", help="COCO image ids used for validation instead of training")
-    p.add_argument("--sim-fraction", type=float, default=1.0, help="share of each batch from the simulator")
+    add_real_data_arguments(p, rescale=(1.0, 1.0), sim_fraction=1.0)
     p.add_argument("--sim-px", type=int, default=256, help="side of simulated frames (px)")
     p.add_argument("--crop-px", type=int, default=256, help="side of random crops of larger real frames (px)")
     p.add_argument("--steps", type=int, default=500, help="optimiser steps of the whole run")
@@ -69,36 +73,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.sim_fraction < 1.0 and args.coco is None:
-        p.error("--sim-fraction < 1 needs --coco")
+    check_real_data_arguments(p, args)
     return args
 
 
 class BatchSource:
-    """Augmented training batches mixing simulated and real frames."""
+    """Augmented training batches of ``frames``: simulated frames with their truth targets, real
+    ones as ``crop_px`` windows rescaled by a random factor in ``rescale`` (log-uniform), their
+    targets drawn from the loops the window holds."""
 
-    def __init__(
-        self, real: list[Sample], sim_fraction: float, sim_px: int, crop_px: int, rng: np.random.Generator
-    ) -> None:
-        self.real, self.sim_fraction, self.sim_px, self.crop_px, self.rng = (
-            real,
-            sim_fraction,
-            sim_px,
-            crop_px,
-            rng,
-        )
+    def __init__(self, frames: TrainingFrames, crop_px: int, rescale: tuple[float, float]) -> None:
+        self.frames, self.crop_px, self.rescale, self.rng = frames, crop_px, rescale, frames.rng
 
-    def sample(self) -> Sample:
-        if not self.real or self.rng.random() < self.sim_fraction:
-            seed = int(self.rng.integers(*TRAIN_SEEDS))
-            return simulated_sample(seed, self.rng, (self.sim_px, self.sim_px))
-        return self.real[int(self.rng.integers(len(self.real)))]
+    def pair(self, sample: Sample | PolygonImage) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(sample, PolygonImage):
+            image, masks = rescaled_crop(
+                sample.image, sample.polygons, sample.boxes, self.crop_px, self.rescale, self.rng
+            )
+            targets = targets_from_instances(masks, image.shape)
+        else:
+            image, targets = sample.image, sample.targets
+        return random_crop(*augment(image, targets, self.rng), self.crop_px, self.rng)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = []
-        for _ in range(size):
-            s = self.sample()
-            pairs.append(random_crop(*augment(s.image, s.targets, self.rng), self.crop_px, self.rng))
+        pairs = [self.pair(self.frames.draw()) for _ in range(size)]
         return to_tensors([p[0] for p in pairs], [p[1] for p in pairs])
 
 
@@ -108,16 +106,13 @@ def to_tensors(images: list[np.ndarray], targets: list[np.ndarray]) -> tuple[tor
     return x, y
 
 
-def validation_set(
-    args: argparse.Namespace, coco: CocoLoops | None
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed, unaugmented validation frames: simulated (VAL_SEEDS) plus any --val-ids images."""
+def validation_set(sim_px: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed, unaugmented simulated validation frames (VAL_SEEDS): the same for every run, so
+    runs compare; real images are judged through the served path (``loopstream.models.evaluate``)."""
     from loopstream.core.imaging import standardise
 
     rng = np.random.default_rng(12345)
-    samples = [simulated_sample(seed, rng, (args.sim_px, args.sim_px)) for seed in VAL_SEEDS]
-    if coco is not None and args.val_ids:
-        samples += [coco.sample(i) for i in parse_ids(args.val_ids) or []]
+    samples = [simulated_sample(seed, rng, (sim_px, sim_px)) for seed in VAL_SEEDS]
     return [to_tensors([standardise(s.image)], [s.targets]) for s in samples]
 
 
@@ -142,21 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    coco = None
-    real: list[Sample] = []
-    if args.coco is not None:
-        exclude = (parse_ids(args.exclude_ids) or []) + (parse_ids(args.val_ids) or [])
-        coco = CocoLoops(args.coco, args.images, exclude_ids=parse_ids(args.exclude_ids))
-        real = [coco.sample(i) for i in coco.ids if i not in exclude]
-        print(f"real training images: {[s.name for s in real]}")
-
+    frames = TrainingFrames(
+        real_training_images(args.coco, args.exclude_ids), args.sim_fraction, args.sim_px, rng
+    )
     model = build_model(args.arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     run = TrainingRun(args, model, optimizer, rng, LOG_COLUMNS)
     if not args.resume and args.init is not None:
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
-    source = BatchSource(real, args.sim_fraction if real else 1.0, args.sim_px, args.crop_px, rng)
-    val_frames = validation_set(args, coco)
+    source = BatchSource(frames, args.crop_px, (args.rescale[0], args.rescale[1]))
+    val_frames = validation_set(args.sim_px)
 
     model.train()
     recent: list[float] = []

@@ -44,11 +44,15 @@ import torch
 from tqdm import tqdm
 
 from loopstream.models.augment import augment, random_crop, rescaled_crop
-from loopstream.models.datasets import CocoLoops, PolygonImage, Sample, polygon_images, simulated_sample
+from loopstream.models.datasets import PolygonImage, Sample, TrainingFrames, real_training_images
 from loopstream.models.export_instance import load_instance_checkpoint
 from loopstream.models.maskrcnn import LoopMaskRCNN, build_maskrcnn
-from loopstream.models.train import TRAIN_SEEDS, parse_ids
-from loopstream.models.training_run import TrainingRun, checkpoint_header
+from loopstream.models.training_run import (
+    TrainingRun,
+    add_real_data_arguments,
+    check_real_data_arguments,
+    checkpoint_header,
+)
 
 LOSSES = ["loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"]
 MIN_AREA_PX = 6  # a loop cut by a crop to fewer pixels than this is no loop to learn from
@@ -58,29 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run directory (last.pt, metrics.csv)")
     p.add_argument("--arch", default="maskrcnn_r18", help="loopstream.models.maskrcnn architecture")
-    p.add_argument(
-        "--coco",
-        type=Path,
-        action="append",
-        default=[],
-        help="COCO annotation file of real training images (repeat for several datasets; each is "
-        "drawn equally often); its images are read from imgs/ beside it, else its own folder",
-    )
-    p.add_argument(
-        "--exclude-ids",
-        action="append",
-        default=[],
-        help="COCO image ids never read (held-out images), one per --coco in the same order, e.g. 3,7,11",
-    )
-    p.add_argument(
-        "--rescale",
-        type=float,
-        nargs=2,
-        default=(0.5, 2.0),
-        metavar=("MIN", "MAX"),
-        help="range of the random rescale of real crops (log-uniform): loops seen at 0.5x-2x",
-    )
-    p.add_argument("--sim-fraction", type=float, default=0.5, help="share of frames from the simulator")
+    add_real_data_arguments(p, rescale=(0.5, 2.0), sim_fraction=0.5)
     p.add_argument("--crop-px", type=int, default=256, help="side of training crops and simulated frames")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps of the whole run")
@@ -100,11 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device here; train with --device cpu")
-    if args.sim_fraction < 1.0 and not args.coco:
-        p.error("--sim-fraction < 1 needs --coco")
-    if len(args.exclude_ids) > len(args.coco):
-        p.error("give at most one --exclude-ids per --coco, in the same order")
-    args.exclude_ids += [""] * (len(args.coco) - len(args.exclude_ids))
+    check_real_data_arguments(p, args)
     if args.init is not None and args.init_encoder is not None:
         p.error("--init already sets every weight; --init-encoder would overwrite the backbone's")
     return args
@@ -176,10 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    real: list[list[PolygonImage]] = []
-    for coco_file, exclude in zip(args.coco, args.exclude_ids, strict=True):
-        real.append(polygon_images(CocoLoops(coco_file, exclude_ids=parse_ids(exclude))))
-        print(f"real training images of {coco_file}: {[s.name for s in real[-1]]}")
+    frames = TrainingFrames(
+        real_training_images(args.coco, args.exclude_ids), args.sim_fraction, args.crop_px, rng
+    )
     header = {"arch": args.arch}
     model = build_maskrcnn(args.arch)
     if args.init is not None:
@@ -194,13 +171,6 @@ def main(argv: list[str] | None = None) -> None:
     if not args.resume and args.init_encoder is not None:
         print(f"backbone tensors from {args.init_encoder}: {init_encoder(model, args.init_encoder)}")
 
-    def sample() -> Sample | PolygonImage:
-        if not real or rng.random() < args.sim_fraction:
-            px = args.crop_px
-            return simulated_sample(int(rng.integers(*TRAIN_SEEDS)), rng, (px, px))
-        dataset = real[int(rng.integers(len(real)))]
-        return dataset[int(rng.integers(len(dataset)))]
-
     model.train()
     if args.init is not None:
         keep_batchnorm_statistics(model)
@@ -209,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(total=args.steps, initial=run.step, unit="step") as bar:
         while not run.done:
             lr = run.set_learning_rate()
-            pairs = [training_pair(sample(), args.crop_px, rescale, rng) for _ in range(args.batch_size)]
+            pairs = [training_pair(frames.draw(), args.crop_px, rescale, rng) for _ in range(args.batch_size)]
             images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
             targets = [{k: v.to(device) for k, v in p[1].items()} for p in pairs]
             losses = model(images, targets)

@@ -26,6 +26,60 @@ import numpy as np
 import torch
 
 
+def parse_ids(text: str | None) -> list[int]:
+    """COCO image ids of a comma-separated list (``--exclude-ids 3,7,11``); none for an empty one."""
+    return [int(t) for t in (text or "").split(",") if t.strip()]
+
+
+def add_real_data_arguments(
+    p: argparse.ArgumentParser, rescale: tuple[float, float], sim_fraction: float
+) -> None:
+    """The training data of both trainers: several COCO datasets, each with its held-out ids, the
+    random rescale of their crops and the share of simulated frames (defaults ``rescale`` and
+    ``sim_fraction``)."""
+    p.add_argument(
+        "--coco",
+        type=Path,
+        action="append",
+        default=[],
+        help="COCO annotation file of real training images (repeat for several datasets; each is "
+        "drawn equally often); its images are read from imgs/ beside it, else its own folder",
+    )
+    p.add_argument(
+        "--exclude-ids",
+        action="append",
+        default=[],
+        help="COCO image ids never read (held-out images), one per --coco in the same order, e.g. 3,7,11",
+    )
+    p.add_argument(
+        "--rescale",
+        type=float,
+        nargs=2,
+        default=rescale,
+        metavar=("MIN", "MAX"),
+        help=f"range of the log-uniform random rescale of real crops (default {rescale[0]:g} {rescale[1]:g})",
+    )
+    p.add_argument(
+        "--sim-fraction", type=float, default=sim_fraction, help="share of frames from the simulator"
+    )
+
+
+def check_real_data_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject what ``add_real_data_arguments`` cannot mean; gives every --coco its exclude list
+    (``args.exclude_ids`` becomes one list of ids per dataset)."""
+    if not 0.0 <= args.sim_fraction <= 1.0:
+        p.error("--sim-fraction must lie in [0, 1]")
+    if args.sim_fraction < 1.0 and not args.coco:
+        p.error("--sim-fraction < 1 needs --coco")
+    if len(args.exclude_ids) > len(args.coco):
+        p.error("give at most one --exclude-ids per --coco, in the same order")
+    low, high = args.rescale
+    if not 0.1 <= low <= high <= 10.0:
+        p.error("--rescale needs 0.1 <= MIN <= MAX <= 10")
+    args.exclude_ids = [parse_ids(text) for text in args.exclude_ids]
+    args.exclude_ids += [[] for _ in range(len(args.coco) - len(args.exclude_ids))]
+
+
 def learning_rate(progress: float, peak: float, warmup: float = 0.05) -> float:
     """Linear warm-up over the first 5 % of the run, then cosine decay to 1 % of ``peak``."""
     if progress < warmup:
