@@ -80,7 +80,7 @@ def test_restored_linker_continues_exactly_like_the_uninterrupted_one(size_weigh
 def test_a_session_linking_on_size_restarts_exactly_where_it_stopped(tmp_path):
     """The size coordinate is rebuilt from the stored detections: a tracker started on the store
     mid-session links and measures as the uninterrupted one does."""
-    mic = SimulatedMicroscope(SimulationConfig(shape=(256, 256), n_frames=40, initial_loops=60), seed=2)
+    mic = SimulatedMicroscope(SimulationConfig(shape=(256, 256), n_frames=40, initial_loops=60), seed=4)
     spec = {"pixel_size_nm": 0.39, "frame_rate_hz": 10.0, "size_weight": 0.3}
     stored = []
     for name, cut in (("uninterrupted", 40), ("restarted", 17)):

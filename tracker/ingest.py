@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from loopstream.tracker import statistics
-from loopstream.tracker.drift import DriftEstimator, predicted_drift
+from loopstream.tracker.drift import DriftEstimator, inside_frame, predicted_drift
 from loopstream.tracker.linking import SessionLinker
 from loopstream.tracker.sessions import SessionNotFound
 from loopstream.tracker.store import NEXT_TRACK_COLUMN, Store
@@ -185,7 +185,8 @@ class FrameIngest:
         track_ids = live.linker.link(
             live.linker.coordinates(x - pred_x, y - pred_y, values[:, _MAJOR]), ordinal
         )
-        drift = live.drift.update(track_ids, x, y, ordinal)
+        inside = inside_frame(x, y, values[:, _MAJOR], frame.width_px, frame.height_px)
+        drift = live.drift.update(track_ids, x, y, inside, ordinal)
         n = len(values)
         detections = np.column_stack(
             [

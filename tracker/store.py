@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopstream.tracker.drift import EDGE_MARGIN_PX
 from loopstream.tracker.validation import LOOP_COLUMNS
 
 log = logging.getLogger("loopstream.tracker")
@@ -158,22 +159,33 @@ def _migration_3(db: sqlite3.Connection) -> None:
     """Restarts without the track index: homes per detection, the next track id per frame.
 
     The index on (session, track) cost a scattered B-tree insert per detection (a quarter of the
-    ingest time at 200 loops/frame) and served only restarts. Stored sessions are backfilled
-    (homes as SQL means: equal to the online running means to rounding).
+    ingest time at 200 loops/frame) and served only restarts. Stored sessions are backfilled as
+    ``drift.DriftEstimator`` keeps homes (SQL means of the detections wholly inside their frame,
+    equal to the online running means to rounding; a track seen only at the edge so far keeps its
+    first corrected position, with count 0).
     """
     for column in HOME_COLUMNS:
         db.execute(f"ALTER TABLE detections ADD COLUMN {column} REAL")
     db.execute(f"ALTER TABLE frames ADD COLUMN {NEXT_TRACK_COLUMN} INTEGER")
     db.execute(
-        """WITH homes AS (
-            SELECT sid, frame_index, loop_index,
-                COUNT(*) OVER track AS n, AVG(x_corrected_px) OVER track AS x,
-                AVG(y_corrected_px) OVER track AS y
-            FROM detections
+        """WITH marked AS (
+            SELECT d.sid, d.frame_index, d.loop_index, d.track_id, d.x_corrected_px, d.y_corrected_px,
+                d.x_px >= d.major_px / 2 + :margin AND d.y_px >= d.major_px / 2 + :margin
+                AND d.x_px <= f.width_px - (d.major_px / 2 + :margin)
+                AND d.y_px <= f.height_px - (d.major_px / 2 + :margin) AS inside
+            FROM detections d JOIN frames f ON f.sid = d.sid AND f.frame_index = d.frame_index),
+        homes AS (
+            SELECT sid, frame_index, loop_index, COUNT(*) FILTER (WHERE inside) OVER track AS n,
+                COALESCE(AVG(x_corrected_px) FILTER (WHERE inside) OVER track,
+                    FIRST_VALUE(x_corrected_px) OVER track) AS x,
+                COALESCE(AVG(y_corrected_px) FILTER (WHERE inside) OVER track,
+                    FIRST_VALUE(y_corrected_px) OVER track) AS y
+            FROM marked
             WINDOW track AS (PARTITION BY sid, track_id ORDER BY frame_index ROWS UNBOUNDED PRECEDING))
         UPDATE detections SET track_detections = homes.n, home_x_px = homes.x, home_y_px = homes.y
         FROM homes WHERE detections.sid = homes.sid AND detections.frame_index = homes.frame_index
-            AND detections.loop_index = homes.loop_index"""
+            AND detections.loop_index = homes.loop_index""",
+        {"margin": EDGE_MARGIN_PX},
     )
     db.execute(
         f"""WITH tops AS (

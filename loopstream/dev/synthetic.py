@@ -36,10 +36,23 @@ class DetectorNoise:
     miss_rate: float = 0.25  # probability that a loop is not detected in a frame (recall 75 %)
     false_rate: float = 0.10  # mean false detections per loop in the frame
     merge_rate: float = 0.2  # probability that two touching loops are detected as one, per frame
+    edge_cut: bool = True  # a loop the frame's edge cuts is found by its visible part (cut_centres)
 
 
 # A near-perfect detector, for tests of plumbing rather than of tracking under noise.
-CLEAN = DetectorNoise(position_px=0.2, size_fraction=0.01, miss_rate=0.02, false_rate=0.01, merge_rate=0.0)
+CLEAN = DetectorNoise(
+    position_px=0.2, size_fraction=0.01, miss_rate=0.02, false_rate=0.01, merge_rate=0.0, edge_cut=False
+)
+
+
+def cut_centres(centre_px: np.ndarray, major_px: np.ndarray, side_px: int) -> np.ndarray:
+    """Centres along one axis as a segmentation finds loops the frame's edge cuts: the middle of
+    the visible part of each loop's extent, pulled inside the frame (what real models do).
+
+    >>> cut_centres(np.array([2.0, 50.0]), np.array([10.0, 10.0]), 100).tolist()
+    [3.5, 50.0]
+    """
+    return (np.maximum(centre_px - major_px / 2, 0.0) + np.minimum(centre_px + major_px / 2, side_px)) / 2
 
 
 def merged(truth: pd.DataFrame, merge_rate: float, rng: np.random.Generator) -> pd.DataFrame:
@@ -81,9 +94,13 @@ def detections(mic: SimulatedMicroscope, index: int, noise: DetectorNoise = Dete
     major = np.maximum(truth.major_px.to_numpy() * (1 + rng.normal(0, noise.size_fraction, n)), 1.0)
     minor = truth.minor_px.to_numpy() * (1 + rng.normal(0, noise.size_fraction, n))
     minor = np.minimum(np.maximum(minor, 1.0), major)
-    x = truth.x_px.to_numpy() + rng.normal(0, noise.position_px, n)
-    y = truth.y_px.to_numpy() + rng.normal(0, noise.position_px, n)
     h, w = mic.config.shape
+    x, y = truth.x_px.to_numpy(), truth.y_px.to_numpy()
+    if noise.edge_cut:
+        true_major = truth.major_px.to_numpy()
+        x, y = cut_centres(x, true_major, w), cut_centres(y, true_major, h)
+    x = x + rng.normal(0, noise.position_px, n)
+    y = y + rng.normal(0, noise.position_px, n)
     f_major = rng.uniform(*mic.config.initial_major_px, n_false)
     x = np.concatenate([x, rng.uniform(0, w, n_false)])
     y = np.concatenate([y, rng.uniform(0, h, n_false)])
