@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add("--dose-rate", type=float, default=0.0, help="ions/cm^2/s")
     flags.add("--family", env="LOOPSTREAM_MODEL_FAMILY", choices=FAMILIES, default="auto")
     flags.add(
+        "--pipeline",
+        env="LOOPSTREAM_PIPELINE",
+        default="",
+        help="Triton pipeline to analyse with instead of the family's ('' = the family's)",
+    )
+    flags.add(
         "--policy",
         choices=[p.value for p in BackpressurePolicy],
         default="block",
@@ -153,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         frame_rate_hz=frame_rate_hz,
         dose_rate_ions_cm2_s=args.dose_rate,
         model_family=FAMILIES[args.family],
+        model_name=args.pipeline,
     )
     endpoints = Endpoints(
         args.triton,

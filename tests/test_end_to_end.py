@@ -6,6 +6,7 @@ import sqlite3
 
 import grpc
 import numpy as np
+import pytest
 
 from loopstream.client.session import Endpoints, MicroscopeSession
 from loopstream.client.sources import Frame, SimulatorSource
@@ -91,3 +92,27 @@ def test_detections_for_an_unknown_session_are_rejected_and_the_stream_continues
     unknown, known = acks
     assert not unknown.accepted and "no-such-session" in unknown.error
     assert known.accepted
+
+
+def test_a_session_naming_a_pipeline_runs_on_it_and_an_unserved_name_is_a_clear_error(
+    stack: LocalStack,
+) -> None:
+    config = SimulationConfig(shape=(256, 256), n_frames=3)
+    spec = _spec(config, "named-pipeline")
+    spec.model_family = pb.MODEL_FAMILY_SEMANTIC
+    spec.model_name = "loops_instance"  # the name wins over the family
+    with MicroscopeSession(_endpoints(stack), spec) as session:
+        for frame in SimulatorSource(config, seed=9):
+            session.submit(frame)
+    assert session.report.frames_stored == 3 and session.report.model.startswith("loops_instance:")
+    with sqlite3.connect(stack.workdir / "tracker.db") as db:
+        stored = db.execute(
+            "SELECT DISTINCT frames.model_name FROM frames JOIN sessions USING (sid) WHERE session_id = ?",
+            (session.report.session_id,),
+        ).fetchall()
+    assert stored == [("loops_instance",)]
+
+    spec.model_name = "loops_unserved"
+    quick = Endpoints(stack.triton_url, stack.tracker_url, stack.token, reconnect_timeout_s=1)
+    with pytest.raises(ConnectionError, match="no ready version of loops_unserved"):
+        MicroscopeSession(quick, spec)

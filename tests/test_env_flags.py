@@ -57,6 +57,7 @@ def test_client_rollout_and_serve_read_their_variables(monkeypatch: pytest.Monke
         "LOOPSTREAM_TRACKER_URL": "tracker:50061",
         "LOOPSTREAM_TRACKER_TOKEN": "secret",
         "LOOPSTREAM_SHARED_MEMORY": "1",
+        "LOOPSTREAM_PIPELINE": "loops_instance_ti",
         "LOOPSTREAM_NAMESPACE": "lab",
         "LOOPSTREAM_TRITON_SERVICE": "pool-headless",
         "LOOPSTREAM_TRITON_ADMIN_HEADER_VALUE": "key",
@@ -65,11 +66,12 @@ def test_client_rollout_and_serve_read_their_variables(monkeypatch: pytest.Monke
     }.items():
         monkeypatch.setenv(name, value)
     client = client_parser().parse_args(["simulate"])
-    assert (client.triton, client.tracker, client.token, client.shared_memory) == (
+    assert (client.triton, client.tracker, client.token, client.shared_memory, client.pipeline) == (
         "triton:8001",
         "tracker:50061",
         "secret",
         True,
+        "loops_instance_ti",
     )
     rollout = rollout_parser().parse_args(["status"])
     assert (

@@ -257,6 +257,12 @@ def test_sessions_get_their_model_from_the_ab_policy(tmp_path):
         policy.write_text('{"pipeline": "loops_semantic", "arms": {"6": 1.0}}')  # promote, no restart
         assert client.OpenSession(spec).model_version == "6"
         assert client.GetSession(pb.SessionRef(session_id=sessions[0].session_id)).model_version in {"4", "5"}
+        ti = pb.SessionSpec(pixel_size_nm=0.5, frame_rate_hz=10.0, model_name="loops_ti")
+        other = client.OpenSession(ti)
+        assert (other.model_name, other.model_version) == ("loops_ti", ""), "not the policy's pipeline"
+        policy.write_text('{"pipeline": "loops_ti", "arms": {"2": 1.0}}')
+        named = client.OpenSession(ti)
+        assert (named.model_name, named.model_version) == ("loops_ti", "2"), "the policy's pipeline, named"
     finally:
         client.close()
         running.stop(0.5)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import grpc
+import pytest
+
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
 from loopstream.dev import synthetic
 from loopstream.tracker.client import TrackerClient, frame_message
@@ -58,7 +61,7 @@ def test_two_interleaved_sessions_give_the_same_tracks_as_each_alone(tmp_path):
     assert together[0] != together[1]
 
 
-def test_the_model_family_chooses_the_pipeline(tmp_path):
+def test_the_model_family_chooses_the_pipeline_unless_the_session_names_one(tmp_path):
     running = serve(ServerConfig(db=tmp_path / "families.db", port=0, metrics_port=-1))
     client = TrackerClient(f"127.0.0.1:{running.port}")
     try:
@@ -68,6 +71,16 @@ def test_the_model_family_chooses_the_pipeline(tmp_path):
             ).model_name
             for family in (pb.MODEL_FAMILY_UNSPECIFIED, pb.MODEL_FAMILY_INSTANCE, pb.MODEL_FAMILY_SEMANTIC)
         }
+        named = client.OpenSession(
+            pb.SessionSpec(
+                pixel_size_nm=0.39,
+                frame_rate_hz=10.0,
+                model_family=pb.MODEL_FAMILY_INSTANCE,
+                model_name="loops_instance_ti",
+            )
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            client.OpenSession(pb.SessionSpec(pixel_size_nm=0.39, frame_rate_hz=10.0, model_name="loops ti"))
     finally:
         client.close()
         running.stop(0.5)
@@ -76,3 +89,6 @@ def test_the_model_family_chooses_the_pipeline(tmp_path):
         pb.MODEL_FAMILY_INSTANCE: "loops_instance",
         pb.MODEL_FAMILY_SEMANTIC: "loops_semantic",
     }
+    assert (named.model_name, named.model_version) == ("loops_instance_ti", ""), "its latest version"
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model_name 'loops ti' has characters other than" in refused.value.details()

@@ -57,7 +57,7 @@ class SessionCatalog:
         d = self.defaults
         memory = spec.get("memory_frames", 0)
         session_id = str(uuid.uuid4())
-        arm = self._assignment(session_id, int(spec.get("model_family", 0)))
+        arm = self._assignment(session_id, int(spec.get("model_family", 0)), spec.get("model_name", ""))
         session = {
             "session_id": session_id,
             "microscope_id": spec.get("microscope_id", ""),
@@ -83,13 +83,13 @@ class SessionCatalog:
         )
         return self.get(session["session_id"])
 
-    def _assignment(self, session_id: str, family: int) -> Assignment:
-        """The pipeline (and A/B arm) of a new session: the family's pipeline, at the arm the policy
-        assigns when the policy is about that pipeline, else at its latest version."""
+    def _assignment(self, session_id: str, family: int, named: str = "") -> Assignment:
+        """The pipeline (and A/B arm) of a new session: the one it names, else the family's, at the
+        arm the policy assigns when the policy is about that pipeline, else at its latest version."""
         d = self.defaults
         default = Assignment(d.model_name, d.model_version)
         arm = self.assign(session_id) if self.assign else default
-        pipeline = dict(d.family_models).get(family)
+        pipeline = named or dict(d.family_models).get(family)
         if pipeline is None or pipeline == arm.model_name:
             return arm
         return default if pipeline == d.model_name else Assignment(pipeline, "")

@@ -92,7 +92,7 @@ def identifier_problem(name: str, value: str) -> str | None:
 
 def spec_problem(spec: dict) -> str | None:
     """The first thing wrong with a SessionSpec (as a dict of its set fields), or None."""
-    for name in ("microscope_id",):
+    for name in ("microscope_id", "model_name"):
         problem = identifier_problem(name, spec.get(name, ""))
         if problem:
             return problem

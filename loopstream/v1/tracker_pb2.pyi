@@ -17,7 +17,7 @@ MODEL_FAMILY_INSTANCE: ModelFamily
 MODEL_FAMILY_SEMANTIC: ModelFamily
 
 class SessionSpec(_message.Message):
-    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames", "dpa_per_ion_cm2", "size_weight")
+    __slots__ = ("microscope_id", "sample", "pixel_size_nm", "frame_rate_hz", "dose_rate_ions_cm2_s", "model_family", "search_range_nm", "memory_frames", "dpa_per_ion_cm2", "size_weight", "model_name")
     MICROSCOPE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SIZE_NM_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class SessionSpec(_message.Message):
     MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DPA_PER_ION_CM2_FIELD_NUMBER: _ClassVar[int]
     SIZE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     microscope_id: str
     sample: str
     pixel_size_nm: float
@@ -38,7 +39,8 @@ class SessionSpec(_message.Message):
     memory_frames: int
     dpa_per_ion_cm2: float
     size_weight: float
-    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., dpa_per_ion_cm2: _Optional[float] = ..., size_weight: _Optional[float] = ...) -> None: ...
+    model_name: str
+    def __init__(self, microscope_id: _Optional[str] = ..., sample: _Optional[str] = ..., pixel_size_nm: _Optional[float] = ..., frame_rate_hz: _Optional[float] = ..., dose_rate_ions_cm2_s: _Optional[float] = ..., model_family: _Optional[_Union[ModelFamily, str]] = ..., search_range_nm: _Optional[float] = ..., memory_frames: _Optional[int] = ..., dpa_per_ion_cm2: _Optional[float] = ..., size_weight: _Optional[float] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "spec", "model_name", "model_version", "opened_at_unix_s", "closed", "frames_stored", "last_frame_index", "search_range_nm", "memory_frames", "shadow_model_version", "shadow_fraction", "reads_loop_table")
