@@ -100,17 +100,17 @@ def test_a_session_naming_a_pipeline_runs_on_it_and_an_unserved_name_is_a_clear_
     config = SimulationConfig(shape=(256, 256), n_frames=3)
     spec = _spec(config, "named-pipeline")
     spec.model_family = pb.MODEL_FAMILY_SEMANTIC
-    spec.model_name = "loops_instance"  # the name wins over the family
+    spec.model_name = "loops_instance_ti"  # a material's own pipeline: the name wins over the family
     with MicroscopeSession(_endpoints(stack), spec) as session:
         for frame in SimulatorSource(config, seed=9):
             session.submit(frame)
-    assert session.report.frames_stored == 3 and session.report.model.startswith("loops_instance:")
+    assert session.report.frames_stored == 3 and session.report.model.startswith("loops_instance_ti:")
     with sqlite3.connect(stack.workdir / "tracker.db") as db:
         stored = db.execute(
             "SELECT DISTINCT frames.model_name FROM frames JOIN sessions USING (sid) WHERE session_id = ?",
             (session.report.session_id,),
         ).fetchall()
-    assert stored == [("loops_instance",)]
+    assert stored == [("loops_instance_ti",)]
 
     spec.model_name = "loops_unserved"
     quick = Endpoints(stack.triton_url, stack.tracker_url, stack.token, reconnect_timeout_s=1)
