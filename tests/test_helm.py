@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -27,7 +28,9 @@ kv = pytest.importorskip(
 from helm_python import _native  # noqa: E402  (after the importorskip guard)
 
 from loopstream.serving.admin import AdminHeader  # noqa: E402
+from loopstream.serving.triton import REPOSITORY, TritonOptions, TritonPorts, start_triton  # noqa: E402
 from loopstream.tracker.rollout import RolloutPolicy, Shadow  # noqa: E402
+from tests.conftest import infer_detections  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "loopstream"
 SCENARIOS = {
@@ -231,6 +234,30 @@ def test_default_triton_pool_is_gpu_with_explicit_model_control(chart):
     }
     assert spec["automountServiceAccountToken"] is False
     assert dep["spec"]["replicas"] == 1
+
+
+@pytest.mark.triton
+def test_the_pools_model_arguments_serve_every_listed_pipeline(chart, tmp_path):
+    # The chart's --model-control-mode and --load-model arguments, on a real tritonserver (the
+    # local flavour of the shipped repository): each listed pipeline answers a frame, so none was
+    # loaded without the network it calls.
+    pipelines = ["loops_semantic", "loops_instance_ti"]
+    pool = triton(objects(render(chart, {"triton": {"models": pipelines}})))
+    args = container(pool, "tritonserver")["args"]
+    assert "--model-control-mode=explicit" in args
+    options = TritonOptions(
+        repository=REPOSITORY,
+        ports=TritonPorts.ephemeral(),
+        model_control="explicit",
+        load_models=tuple(a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")),
+    )
+    server = start_triton(options, tmp_path / "cache", tmp_path / "tritonserver.log", timeout_s=300)
+    try:
+        frame = np.random.default_rng(0).integers(0, 4000, (256, 256), dtype=np.uint16)
+        for pipeline in pipelines:
+            assert infer_detections(f"127.0.0.1:{options.ports.grpc}", pipeline, frame, "").shape[1] == 11
+    finally:
+        server.stop()
 
 
 def test_triton_dev_shm_is_memory_backed_and_sized(chart):
