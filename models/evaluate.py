@@ -18,7 +18,10 @@ thresholds with pooled |N_re| <= 10 % (the smallest |N_re| if none reaches it), 
 (``threshold_sweep.csv``) and its F1 / N_re / P2 curve (``threshold_curve.png``), and evaluates
 ``--ids`` at it. The tuning images may come from several datasets, pooled: repeat ``--tune-coco``
 with one ``--tune-ids`` each, in the same order (as training's ``--coco`` / ``--exclude-ids``);
-without ``--tune-coco`` they are images of ``--coco``.
+without ``--tune-coco`` they are images of ``--coco``. ``--tune-mask-grid`` (instance) first
+chooses the mask threshold on the same images: the one of smallest pooled |D_re| among those
+whose F1, each at its own chosen score threshold, is within 0.01 of the best
+(``mask_threshold_sweep.csv``).
 
 Example (held-out creme images, the default instance version)::
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 from collections.abc import Sequence
 from dataclasses import replace
@@ -53,6 +57,7 @@ from loopstream.serving.spec import PipelineSpec
 
 PIXEL_NM = 200.0 / 512.0  # creme-ds25s: 200 nm field of view on 512 px
 MAX_ABS_N_RE = 10.0  # the counting constraint of threshold choice (%)
+MASK_F1_TOLERANCE = 0.01  # F1 a mask threshold may give up for sizes closer to the outlines
 GRIDS = {
     "semantic": tuple(np.round(np.arange(0.2, 0.81, 0.05), 2)),
     "instance": tuple(np.round(np.arange(0.3, 0.96, 0.05), 2)),  # trained box scores crowd near 1
@@ -149,6 +154,12 @@ class PipelineRun:
             prepared = pipeline.prepare(img.image, pixel_nm)
             self.answers.append((prepared, [core(inputs) for inputs in pipeline.core_inputs(prepared)]))
 
+    def with_settings(self, **settings: float) -> PipelineRun:
+        """The same core answers finished with other settings (e.g. ``mask_threshold``)."""
+        run = copy.copy(self)
+        run.spec = replace(self.spec, **settings)
+        return run
+
     def predictions(self, threshold: float | None = None) -> list[Prediction]:
         spec = self.spec if threshold is None else replace(self.spec, threshold=float(threshold))
         pipeline = Pipeline(spec)
@@ -172,6 +183,7 @@ def choose_threshold(
                 F1=overall.F1,
                 F1_ellipse=overall.F1_ellipse,
                 N_re=overall.N_re,
+                D_re=overall.D_re,
                 P1=overall.P1,
                 P2=overall.P2,
             )
@@ -180,6 +192,28 @@ def choose_threshold(
     allowed = sweep[sweep.N_re.abs() <= MAX_ABS_N_RE]
     best = allowed.F1.idxmax() if len(allowed) else sweep.N_re.abs().idxmin()
     return float(sweep.threshold[best]), sweep
+
+
+def choose_mask_threshold(
+    images: Sequence[TruthImage],
+    run: PipelineRun,
+    pixel_nm: float,
+    mask_grid: Sequence[float],
+    grid: Sequence[float],
+) -> tuple[float, float, pd.DataFrame]:
+    """(mask threshold, score threshold, table): for each mask threshold the score threshold
+    ``choose_threshold`` picks, then the mask threshold of smallest pooled |D_re| among those
+    within ``MASK_F1_TOLERANCE`` of the best F1; sizes are what a mask threshold changes, and
+    the tolerance keeps it from trading matched loops for them."""
+    rows = []
+    for m in mask_grid:
+        masked = run.with_settings(mask_threshold=float(m))
+        threshold, sweep = choose_threshold(images, masked, pixel_nm, grid)
+        rows.append({"mask_threshold": float(m), **sweep[sweep.threshold == threshold].iloc[0].to_dict()})
+    table = pd.DataFrame(rows)
+    near_best = table[table.F1.max() - table.F1 <= MASK_F1_TOLERANCE]
+    chosen = table.loc[near_best.D_re.abs().idxmin()]
+    return float(chosen.mask_threshold), float(chosen.threshold), table
 
 
 def plot_sweep(sweep: pd.DataFrame, chosen: float, path: Path) -> None:
@@ -332,6 +366,11 @@ def count_table(
     return table
 
 
+def parse_grid(text: str) -> list[float]:
+    """``"0.3,0.4,0.5"``: settings to try."""
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
 def parse_ids(text: str) -> list[int]:
     """``"0:50"`` (a range) or ``"1,5,9"``."""
     if ":" in text:
@@ -358,6 +397,10 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         help="COCO annotation file of the next --tune-ids (repeat to pool datasets; default --coco)",
     )
+    p.add_argument(
+        "--tune-mask-grid",
+        help="instance: also choose mask_threshold on the --tune-ids images from these, e.g. 0.3,0.4,0.5",
+    )
     p.add_argument("--sim-seeds", help="evaluate simulated frames of these seeds instead, e.g. 0:50")
     p.add_argument("--boxes", type=Path, help="count against box labels instead (shen2021-fecral boxes.json)")
     p.add_argument("--threshold", type=float, help="override the version's threshold")
@@ -375,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     tune_cocos = args.tune_coco or ([args.coco] if args.coco is not None else [])
     if args.tune_ids and len(tune_cocos) != len(args.tune_ids):
         p.error("give one --tune-ids per --tune-coco (or one --tune-ids with --coco)")
+    if args.tune_mask_grid and not args.tune_ids:
+        p.error("--tune-mask-grid chooses on the --tune-ids images: give them too")
 
     pipeline, core = open_pipeline(args.pipeline, args.network, args.threads)
     if args.threshold is not None:
@@ -402,9 +447,21 @@ def main(argv: list[str] | None = None) -> None:
                 CocoLoops(path) if coco is None or path != args.coco else coco, parse_ids(ids)
             )
         ]
-        threshold, sweep = choose_threshold(
-            tune, PipelineRun(pipeline, core, tune, sent_nm), args.pixel_nm, GRIDS[pipeline.spec.family]
-        )
+        tune_run = PipelineRun(pipeline, core, tune, sent_nm)
+        if args.tune_mask_grid:
+            if pipeline.spec.family != "instance":
+                p.error("--tune-mask-grid is for instance pipelines (a semantic one has no mask threshold)")
+            mask_threshold, _, masks = choose_mask_threshold(
+                tune, tune_run, args.pixel_nm, parse_grid(args.tune_mask_grid), GRIDS["instance"]
+            )
+            print(masks.round(3).to_string(index=False))
+            print(f"mask threshold chosen on images {' + '.join(args.tune_ids)}: {mask_threshold}")
+            if args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)
+                masks.to_csv(args.out / "mask_threshold_sweep.csv", index=False, float_format="%.4f")
+            pipeline = Pipeline(replace(pipeline.spec, mask_threshold=mask_threshold))
+            tune_run = tune_run.with_settings(mask_threshold=mask_threshold)
+        threshold, sweep = choose_threshold(tune, tune_run, args.pixel_nm, GRIDS[pipeline.spec.family])
         print(sweep.round(3).to_string(index=False))
         print(f"threshold chosen on images {' + '.join(args.tune_ids)}: {threshold}")
         if args.out is not None:
@@ -415,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
 
     predictions = PipelineRun(pipeline, core, images, sent_nm).predictions()
     report(images, predictions, coco, args.pixel_nm, args.out)
-    print(f"threshold {pipeline.spec.threshold}")
+    print(f"threshold {pipeline.spec.threshold}, mask threshold {pipeline.spec.mask_threshold}")
 
 
 if __name__ == "__main__":

@@ -191,3 +191,25 @@ def test_tune_ids_must_pair_with_tune_coco(capsys) -> None:
             ]
         )
     assert "one --tune-ids per --tune-coco" in capsys.readouterr().err
+
+
+@needs_creme
+def test_mask_threshold_tuned_for_sizes_without_giving_up_f1(tmp_path, capsys) -> None:
+    """``--tune-mask-grid`` picks, on the tuning images, the mask threshold of smallest |D_re|
+    among those within 0.01 F1 of the best, and evaluates ``--ids`` with it."""
+    version = REPOSITORY / "loops_instance" / default_version("loops_instance")
+    argv = ["--pipeline", str(version), "--coco", str(CREME), "--ids", "1", "--threads", "1"]
+    evaluate.main([*argv, "--tune-ids", "2", "--tune-mask-grid", "0.3,0.5,0.8", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "mask_threshold_sweep.csv")
+    assert list(table.mask_threshold) == [0.3, 0.5, 0.8]
+    assert table.D_re.iloc[0] > table.D_re.iloc[-1], "a higher mask threshold gives smaller loops"
+    eligible = table[table.F1.max() - table.F1 <= evaluate.MASK_F1_TOLERANCE + 1e-4]
+    chosen = eligible.loc[eligible.D_re.abs().idxmin()].mask_threshold
+    out = capsys.readouterr().out
+    assert f"mask threshold chosen on images 2: {chosen}" in out and f"mask threshold {chosen}" in out
+
+
+def test_mask_grid_needs_tuning_images(capsys) -> None:
+    with pytest.raises(SystemExit):
+        evaluate.main(["--pipeline", ".", "--coco", "a.json", "--tune-mask-grid", "0.4,0.5"])
+    assert "--tune-mask-grid chooses on the --tune-ids images" in capsys.readouterr().err
