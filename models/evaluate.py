@@ -154,10 +154,10 @@ class PipelineRun:
             prepared = pipeline.prepare(img.image, pixel_nm)
             self.answers.append((prepared, [core(inputs) for inputs in pipeline.core_inputs(prepared)]))
 
-    def with_settings(self, **settings: float) -> PipelineRun:
-        """The same core answers finished with other settings (e.g. ``mask_threshold``)."""
+    def with_mask_threshold(self, mask_threshold: float) -> PipelineRun:
+        """The same core answers, their masks cut at another probability."""
         run = copy.copy(self)
-        run.spec = replace(self.spec, **settings)
+        run.spec = replace(self.spec, mask_threshold=mask_threshold)
         return run
 
     def predictions(self, threshold: float | None = None) -> list[Prediction]:
@@ -200,20 +200,20 @@ def choose_mask_threshold(
     pixel_nm: float,
     mask_grid: Sequence[float],
     grid: Sequence[float],
-) -> tuple[float, float, pd.DataFrame]:
-    """(mask threshold, score threshold, table): for each mask threshold the score threshold
-    ``choose_threshold`` picks, then the mask threshold of smallest pooled |D_re| among those
+) -> tuple[float, pd.DataFrame]:
+    """(mask threshold, table): for each mask threshold the score threshold ``choose_threshold``
+    picks and its figures, then the mask threshold of smallest pooled |D_re| among those
     within ``MASK_F1_TOLERANCE`` of the best F1; sizes are what a mask threshold changes, and
     the tolerance keeps it from trading matched loops for them."""
     rows = []
     for m in mask_grid:
-        masked = run.with_settings(mask_threshold=float(m))
+        masked = run.with_mask_threshold(float(m))
         threshold, sweep = choose_threshold(images, masked, pixel_nm, grid)
         rows.append({"mask_threshold": float(m), **sweep[sweep.threshold == threshold].iloc[0].to_dict()})
     table = pd.DataFrame(rows)
     near_best = table[table.F1.max() - table.F1 <= MASK_F1_TOLERANCE]
     chosen = table.loc[near_best.D_re.abs().idxmin()]
-    return float(chosen.mask_threshold), float(chosen.threshold), table
+    return float(chosen.mask_threshold), table
 
 
 def plot_sweep(sweep: pd.DataFrame, chosen: float, path: Path) -> None:
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.tune_mask_grid:
             if pipeline.spec.family != "instance":
                 p.error("--tune-mask-grid is for instance pipelines (a semantic one has no mask threshold)")
-            mask_threshold, _, masks = choose_mask_threshold(
+            mask_threshold, masks = choose_mask_threshold(
                 tune, tune_run, args.pixel_nm, parse_grid(args.tune_mask_grid), GRIDS["instance"]
             )
             print(masks.round(3).to_string(index=False))
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.out.mkdir(parents=True, exist_ok=True)
                 masks.to_csv(args.out / "mask_threshold_sweep.csv", index=False, float_format="%.4f")
             pipeline = Pipeline(replace(pipeline.spec, mask_threshold=mask_threshold))
-            tune_run = tune_run.with_settings(mask_threshold=mask_threshold)
+            tune_run = tune_run.with_mask_threshold(mask_threshold)
         threshold, sweep = choose_threshold(tune, tune_run, args.pixel_nm, GRIDS[pipeline.spec.family])
         print(sweep.round(3).to_string(index=False))
         print(f"threshold chosen on images {' + '.join(args.tune_ids)}: {threshold}")
