@@ -1,18 +1,22 @@
 """Mask R-CNN on the fewest tiles that overlap enough (``stride_px``): the same loops as the
-512 px tiles of version 3, through a real tritonserver serving both settings of its network."""
+512 px tiles of version 3, through a real tritonserver serving both settings of its network; and
+a ``zoom`` setting, which enlarges each frame before tiling and answers in the frame's own px."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from loopstream.client.shadow import agreement
+from loopstream.core.detections import LOOP_COLUMNS
 from loopstream.core.imaging import Tile
 from loopstream.core.simulator import SimulatedMicroscope, SimulationConfig
-from loopstream.serving.pipelines import Pipeline, PipelineSpec
+from loopstream.serving.pipelines import Pipeline, PipelineSpec, to_frame_px
 from loopstream.serving.triton import REPOSITORY
 from tests.conftest import CREME, SHEN_FRAMES, default_version, infer_detections, served_versions
 
@@ -21,6 +25,7 @@ SHIPPED = PipelineSpec.read(REPOSITORY / PIPELINE / default_version(PIPELINE) / 
 SQUARE = PipelineSpec.read(REPOSITORY / PIPELINE / "3" / "pipeline.json")  # 512 px, 64 px overlap
 NETWORK = REPOSITORY / f"{PIPELINE}_core" / "3" / "model.onnx"
 FECRAL = SHEN_FRAMES / "frame0090.jpg"
+ZOOMED = replace(SHIPPED, zoom=2.0)
 LARGEST_PREDICTED_BOX_PX = 92  # v3 on the 12 creme-ds25s images (image 11)
 
 
@@ -47,9 +52,10 @@ def test_the_tile_grids():
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory):
-    """Version 1: v3's 512 px tiles with 64 px overlap; version 2: the shipped settings."""
+    """Version 1: v3's 512 px tiles with 64 px overlap; version 2: the shipped settings;
+    version 3: the shipped settings with frames enlarged 2x."""
     yield from served_versions(
-        tmp_path_factory.mktemp("instance_tiles"), PIPELINE, (SQUARE, SHIPPED), NETWORK
+        tmp_path_factory.mktemp("instance_tiles"), PIPELINE, (SQUARE, SHIPPED, ZOOMED), NETWORK
     )
 
 
@@ -70,3 +76,18 @@ def test_fewer_pixels_find_the_loops_of_512_px_tiles(url, name):
     assert len(square) > 30
     match = agreement(square, fitted)
     assert match.f1 >= 0.99, f"{match}"
+
+
+@pytest.mark.triton
+def test_a_zoomed_version_answers_in_frame_px_what_the_enlarged_frame_gives(url):
+    frame = _frame("simulated 1024x1024")[:512, :512]
+    enlarged = cv2.resize(frame, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    zoomed = infer_detections(url, PIPELINE, frame, "3")
+    expected = to_frame_px(
+        pd.DataFrame(infer_detections(url, PIPELINE, enlarged, "2"), columns=LOOP_COLUMNS), 2.0
+    )
+    assert len(zoomed) >= 8
+    assert zoomed[:, 1].max() < 512 and zoomed[:, 2].max() < 512, "centres in the frame's own px"
+    match = agreement(expected, zoomed)
+    assert match.f1 >= 0.99, f"{match}"
+    assert agreement(infer_detections(url, PIPELINE, frame, "2"), zoomed).f1 < 0.99, "zoom should matter here"

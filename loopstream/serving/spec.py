@@ -9,10 +9,16 @@ Examples
 >>> spec = PipelineSpec(family="instance", threshold=0.8, pixel_nm=0.390625)
 >>> spec.resample_factor(0.78125), spec.resample_factor(None)
 (2.0, 1.0)
+>>> PipelineSpec(family="instance", pixel_nm=0.390625, zoom=1.5).resample_factor(0.78125)
+3.0
 >>> PipelineSpec(pixel_nm=-1.0)
 Traceback (most recent call last):
 ...
 ValueError: pixel_nm is -1.0 nm/px; give the positive pixel size the network was trained at, or null
+>>> PipelineSpec(zoom=0.0)
+Traceback (most recent call last):
+...
+ValueError: zoom 0.0 must be between 0.25 and 4
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ class PipelineSpec:
     # Pixel size (nm/px) of the frames the network was trained at; a request that states its own
     # pixel size is resampled to it before tiling. null: frames are analysed as they come.
     pixel_nm: float | None = None
+    # Frames are enlarged by this much more (after any resampling to pixel_nm) before tiling: a
+    # network may find small loops better somewhat larger than it was trained at (chosen on
+    # training images, models/MODEL_CARD.md). Loops come back in frame px either way.
+    zoom: float = 1.0
     max_tiles_per_request: int = 4  # tiles per core request (instance networks take one)
     normalisation: str = "standardise"  # or "counts_8bit" for networks that normalise inside
     core_format: str = "onnx"  # or "torchscript": how the core network was exported
@@ -60,6 +70,8 @@ class PipelineSpec:
     stride_px: int = 0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.zoom) and 1 / MAX_RESAMPLE <= self.zoom <= MAX_RESAMPLE):
+            raise ValueError(f"zoom {self.zoom} must be between {1 / MAX_RESAMPLE:g} and {MAX_RESAMPLE:g}")
         if self.stride_px < 0 or (self.stride_px and self.tile_px % self.stride_px):
             raise ValueError(f"stride_px {self.stride_px} must be 0 or divide tile_px {self.tile_px}")
         if not 0 <= self.overlap_px < self.tile_px:
@@ -81,10 +93,11 @@ class PipelineSpec:
             )
 
     def resample_factor(self, frame_pixel_nm: float | None) -> float:
-        """How much a frame of ``frame_pixel_nm`` is enlarged to reach the network's scale (1 when
-        either size is unknown). A size no pipeline should guess around is a FrameError."""
+        """How much a frame of ``frame_pixel_nm`` is enlarged before tiling: to the network's pixel
+        size (when both sizes are known), times ``zoom``. A size no pipeline should guess around is
+        a FrameError."""
         if frame_pixel_nm is None or self.pixel_nm is None:
-            return 1.0
+            return self.zoom
         if not (math.isfinite(frame_pixel_nm) and frame_pixel_nm > 0):
             raise FrameError(f"pixel size {frame_pixel_nm} nm/px: send a positive number of nm per px")
         factor = frame_pixel_nm / self.pixel_nm
@@ -94,7 +107,7 @@ class PipelineSpec:
                 f"pipeline's network was trained at; the pipeline resamples by at most {MAX_RESAMPLE:g}x: "
                 "check the session's pixel size or use a pipeline trained nearer this magnification"
             )
-        return factor
+        return factor * self.zoom
 
     @classmethod
     def read(cls, path: Path) -> PipelineSpec:
