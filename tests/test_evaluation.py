@@ -32,7 +32,7 @@ from loopstream.serving.triton import REPOSITORY
 from tests.conftest import CREME, CREME_IMAGE, default_version
 
 needs_creme = pytest.mark.skipif(not CREME.exists(), reason=f"no creme-ds25s data at {CREME}")
-PIPELINES = ("loops_instance", "loops_semantic")
+PIPELINES = ("loops_instance", "loops_semantic", "loops_instance_ti")  # the last with a zoom
 
 
 @pytest.fixture(scope="module")

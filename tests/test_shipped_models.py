@@ -122,10 +122,11 @@ def test_the_default_instance_model_finds_held_out_loops() -> None:
 
 @pytest.mark.skipif(not HIRST.exists(), reason=f"no hirst-ti data at {HIRST}")
 def test_the_titanium_pipeline_finds_held_out_titanium_loops() -> None:
-    # Model card, on this frame: version 2 F1 0.398, N_re -29.6 %, D_re +15.4 %; version 1 (mask
-    # threshold 0.5) F1 0.390, D_re +26.6 %; the default loops_instance F1 0.296.
+    # Model card, on this frame: version 3 (zoom 1.5) F1 0.446, N_re -14.0 %, D_re +0.9 %; version
+    # 2 F1 0.398, N_re -29.6 %, D_re +15.4 %; version 1 (mask threshold 0.5) F1 0.390, D_re +26.6 %;
+    # the default loops_instance F1 0.296. Bounds that version 2 would fail on all three.
     pipeline, core = open_pipeline(REPOSITORY / "loops_instance_ti" / default_version("loops_instance_ti"))
     images = coco_truth(CocoLoops(HIRST), [HIRST_HELD_OUT_FRAME])
     predictions = PipelineRun(pipeline, core, images, None).predictions()
     overall = score_predictions(images, predictions, 1.0).iloc[-1]  # no pixel size: px figures only
-    assert overall["F1"] > 0.33 and abs(overall["N_re"]) < 45.0 and abs(overall["D_re"]) < 25.0, overall
+    assert overall["F1"] > 0.42 and abs(overall["N_re"]) < 25.0 and abs(overall["D_re"]) < 10.0, overall

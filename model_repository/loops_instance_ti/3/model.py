@@ -1,0 +1,1 @@
+../../../loopstream/serving/backends/pipeline.py

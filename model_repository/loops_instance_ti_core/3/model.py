@@ -1,0 +1,1 @@
+../../../loopstream/serving/backends/core.py
