@@ -2,7 +2,7 @@
 
 What a new version costs against the one it replaces (a zoom of 1.5 analyses 2.25x the pixels),
 before it is rolled out to a pool: each version's whole served code path (``Pipeline.analyse``:
-normalisation, resampling, tiling, the core network on ONNX Runtime, merging), timed in turns
+normalisation, resampling, tiling, the version's core network in-process, merging), timed in turns
 (version A, version B, A, B, ...) so that load on this shared machine hits both alike; the best
 of the repeats is reported, with its ratio to the first version.
 
