@@ -1,12 +1,15 @@
 """Throughput of the served pipeline against the same model in-process, in one run.
 
-For each frame size: frames/s of (a) the pipeline code calling ONNX Runtime in this process,
+For each frame size (simulated frames, or copies of one real ``--image``): frames/s of
+(a) the pipeline's served code calling ONNX Runtime in this process,
 (b) the same frames streamed through the local tritonserver (client -> Triton only),
 (c) the same through Triton on 4 concurrent streams (the dynamic-batching gain), and (d) end to
 end (client -> Triton -> tracker, stored), with 1 and 4 concurrent microscopes.
 Ratios against (a) are what to read: this 2-core machine is noisy, ratios in one run less so.
 
     .venv/bin/python bench/bench_pipeline.py --sizes 512 1024 2048 --frames 16
+    .venv/bin/python bench/bench_pipeline.py --pipeline loops_instance_ti \\
+        --image ../shared/data/hirst-ti/train/imgs/frame0002.jpg --frames 2
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from loopstream.client.inference import FrameResult, InferenceStream
@@ -36,6 +40,12 @@ def simulated_frames(size: int, n: int, seed: int = 0) -> list[Frame]:
     return [Frame(i, i / 10, microscope.render(i), f"sim:{i}") for i in range(n)]
 
 
+def real_frames(image: np.ndarray, n: int, name: str) -> list[Frame]:
+    """``n`` frames of one real image: the detection count, and so the instance pipelines' work,
+    depends on the image, which a simulated frame does not have for every material."""
+    return [Frame(i, i / 10, image, f"{name}:{i}") for i in range(n)]
+
+
 def in_process(frames: list[Frame], model: OnnxModel, pipeline: Pipeline) -> float:
     pipeline.analyse(frames[0].image, model.run)  # warm-up
     start = time.perf_counter()
@@ -44,7 +54,9 @@ def in_process(frames: list[Frame], model: OnnxModel, pipeline: Pipeline) -> flo
     return len(frames) / (time.perf_counter() - start)
 
 
-def through_triton(stack: LocalStack, frames: list[Frame], streams: int) -> tuple[float, list[float]]:
+def through_triton(
+    stack: LocalStack, pipeline: str, frames: list[Frame], streams: int
+) -> tuple[float, list[float]]:
     """Frames/s summed over ``streams`` concurrent streams of the same frames, and their latencies."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -54,12 +66,12 @@ def through_triton(stack: LocalStack, frames: list[Frame], streams: int) -> tupl
             latencies.append(_ok(result))
 
     def run() -> None:
-        stream = InferenceStream(stack.triton_url, "loops_semantic", record)
+        stream = InferenceStream(stack.triton_url, pipeline, record)
         for frame in frames:
             stream.submit(frame)
         stream.close()
 
-    warm = InferenceStream(stack.triton_url, "loops_semantic", _ok)
+    warm = InferenceStream(stack.triton_url, pipeline, _ok)
     warm.submit(frames[0])
     warm.close()
     threads = [threading.Thread(target=run) for _ in range(streams)]
@@ -71,10 +83,9 @@ def through_triton(stack: LocalStack, frames: list[Frame], streams: int) -> tupl
     return streams * len(frames) / (time.perf_counter() - start), latencies
 
 
-def end_to_end(stack: LocalStack, frames: list[Frame], microscopes: int) -> float:
+def end_to_end(stack: LocalStack, spec: pb.SessionSpec, frames: list[Frame], microscopes: int) -> float:
     """Frames/s summed over ``microscopes`` sessions streaming the same frames at once."""
     endpoints = Endpoints(stack.triton_url, stack.tracker_url, stack.token)
-    spec = pb.SessionSpec(pixel_size_nm=0.39, frame_rate_hz=10.0)
     sessions = [MicroscopeSession(endpoints, spec) for _ in range(microscopes)]
 
     def run(session: MicroscopeSession) -> None:
@@ -100,22 +111,34 @@ def _ok(result: FrameResult) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", default="loops_semantic", help="served pipeline, its default version")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--image", type=Path, help="a real greyscale frame instead of simulated ones")
     parser.add_argument("--frames", type=int, default=16, help="at 512²; fewer at larger sizes, same pixels")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args()
-    served = str(default_version(args.repository, "loops_semantic"))
-    model = OnnxModel(args.repository / "loops_semantic_core" / served / "model.onnx")
-    pipeline = Pipeline(PipelineSpec.read(args.repository / "loops_semantic" / served / "pipeline.json"))
+    image = None if args.image is None else cv2.imread(str(args.image), cv2.IMREAD_GRAYSCALE)
+    if args.image is not None and image is None:
+        parser.error(f"cannot read {args.image} as an image")
+    version = str(default_version(args.repository, args.pipeline))
+    model = OnnxModel(args.repository / f"{args.pipeline}_core" / version / "model.onnx")
+    pipeline = Pipeline(PipelineSpec.read(args.repository / args.pipeline / version / "pipeline.json"))
+    # The pipeline's own pixel size, so a session is analysed at the scale in-process is.
+    session = pb.SessionSpec(
+        pixel_size_nm=pipeline.spec.pixel_nm or 0.39, frame_rate_hz=10.0, model_name=args.pipeline
+    )
+    sizes = args.sizes if image is None else [max(image.shape)]
+    print(f"{args.pipeline} version {version}, {'simulated frames' if image is None else args.image.name}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), repository=args.repository) as stack:
-        for size in args.sizes:
-            frames = simulated_frames(size, max(2, args.frames * 512**2 // size**2))
+        for size in sizes:
+            n = max(2, args.frames * 512**2 // size**2)
+            frames = simulated_frames(size, n) if image is None else real_frames(image, n, args.image.name)
             local = in_process(frames, model, pipeline)
-            served, latencies = through_triton(stack, frames, 1)
-            served_4, _ = through_triton(stack, frames, 4)
-            e2e_1 = end_to_end(stack, frames, 1)
-            e2e_4 = end_to_end(stack, frames, 4)
+            served, latencies = through_triton(stack, args.pipeline, frames, 1)
+            served_4, _ = through_triton(stack, args.pipeline, frames, 4)
+            e2e_1 = end_to_end(stack, session, frames, 1)
+            e2e_4 = end_to_end(stack, session, frames, 4)
             p50, p99 = np.percentile(latencies, [50, 99])
             rows.append((size, len(frames), local, served, served_4, e2e_1, e2e_4, p50, p99))
     print(
