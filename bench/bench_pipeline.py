@@ -57,7 +57,8 @@ def in_process(frames: list[Frame], model: OnnxModel, pipeline: Pipeline) -> flo
 def through_triton(
     stack: LocalStack, pipeline: str, frames: list[Frame], streams: int
 ) -> tuple[float, list[float]]:
-    """Frames/s summed over ``streams`` concurrent streams of the same frames, and their latencies."""
+    """Frames/s summed over ``streams`` concurrent streams of the same frames, and their latencies
+    (submission to answer: with several frames in flight, a frame waits for those before it)."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -149,9 +150,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for size, n, local, served, served_4, e2e_1, e2e_4, p50, p99 in rows:
         print(
-            f"| {size}² | {n} | {local:.2f} | {served:.2f} ({served / local:.2f}) | {served_4:.2f} "
-            f"({served_4 / served:.2f}) | {e2e_1:.2f} ({e2e_1 / local:.2f}) "
-            f"| {e2e_4:.2f} ({e2e_4 / local:.2f}) | {p50:.2f} / {p99:.2f} |"
+            f"| {size}² | {n} | {local:.3g} | {served:.3g} ({served / local:.2f}) | {served_4:.3g} "
+            f"({served_4 / served:.2f}) | {e2e_1:.3g} ({e2e_1 / local:.2f}) "
+            f"| {e2e_4:.3g} ({e2e_4 / local:.2f}) | {p50:.2f} / {p99:.2f} |"
         )
 
 
