@@ -34,9 +34,9 @@ from loopstream.models.export_instance import (
 )
 from loopstream.models.export_torchscript import script_instance
 from loopstream.serving.repository import default_version
+from loopstream.serving.triton import REPOSITORY
 
 ROOT = Path(__file__).resolve().parents[1]
-REPOSITORY = ROOT / "model_repository"
 DATA = ROOT.parent / "shared" / "data" / "creme-ds25s" / "train" / "imgs"
 FRAME_PX = 2048
 
@@ -72,7 +72,7 @@ def main() -> None:
         else SimulatedMicroscope(SimulationConfig(shape=(FRAME_PX, FRAME_PX)), seed=0).render(0)
     )
     tiles = cut_tiles(standardise(frame), tile_grid(frame.shape, 512, 64))
-    source = f"{args.image.name}" if real_frame else "the simulator"
+    source = args.image.name if real_frame else "the simulator"
     print(f"{args.checkpoint.name}; tile from {args.image.name}, frame from {source}")
     scripted = script_instance(load_instance_checkpoint(args.checkpoint))  # each runtime its own copy
     with tempfile.TemporaryDirectory() as tmp:

@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="loops_semantic", help="served pipeline, its default version")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--image", type=Path, help="a real greyscale frame instead of simulated ones")
+    parser.add_argument("--image", type=Path, help="a real frame instead of simulated ones (then no --sizes)")
     parser.add_argument("--frames", type=int, default=16, help="at 512²; fewer at larger sizes, same pixels")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args()
